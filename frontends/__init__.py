@@ -1,0 +1,1 @@
+"""Frontends lower ONNX and PyTorch models into the IR."""

@@ -1,0 +1,162 @@
+"""The op registry: the one place where irtool's knowledge about an op lives.
+
+IR ops use the ONNX operator names and attribute semantics in their opset-18 form (axes, pads,
+split sizes and shapes are inputs where opset 18 has them as inputs). Frontends convert to that
+form; the ONNX backend converts back to the opset it emits. Each ``OpDef`` declares:
+
+- its attributes (with defaults) and input/output ports,
+- a *shape rule*: input types (and constant inputs) -> output types,
+- a *channel rule*: how a channel index on one port relates to positions on the others; the
+  dependency analysis is built on these rules and nothing else,
+- a *cost rule*: multiply-accumulates of one execution,
+- optionally a *retarget rule*, which rewrites shape-carrying operands (``Reshape``'s target shape)
+  after pruning has changed the channel counts flowing through the node.
+
+An op that is not registered is opaque: it round-trips unchanged and is a pruning barrier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from .errors import IrtoolError
+
+AttrKind = Literal["int", "float", "string", "ints", "floats", "strings", "tensor", "graph"]
+_REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Attr:
+    """An attribute declaration. ``default`` absent means the attribute is required."""
+
+    kind: AttrKind
+    default: Any = _REQUIRED
+
+    @property
+    def required(self) -> bool:
+        return self.default is _REQUIRED
+
+
+# -- channel rules ----------------------------------------------------------------------
+Port = tuple[Literal["in", "out"], int]
+"""A node port: ``("in", i)`` for input i, ``("out", i)`` for output i."""
+
+
+@dataclass(frozen=True)
+class Tie:
+    """Positions ``here[k]`` on the arrival slot and ``there[k]`` on ``port``'s ``axis`` are one channel.
+
+    Ties are symmetric: the analysis unions each pair, so a rule may describe a relation from
+    either side and get the same groups.
+    """
+
+    port: Port
+    axis: int
+    here: np.ndarray
+    there: np.ndarray
+
+
+@dataclass
+class ChannelEffect:
+    """What a node does with channels that arrive at one of its ports along one axis.
+
+    - ``ties``: the other (port, axis) slots these channels continue on.
+    - ``isolates``: the node ends the group here (a conv consumes its input channels through
+      its weights and produces new ones): the arrival slot is sliced, nothing crosses.
+    - ``approximate``: removing a channel changes this node's result beyond cutting the
+      channel's contribution (normalisation statistics over the channel axis); why, in words.
+    - ``barrier``: these channels cannot be removed here at all; why, in words.
+    """
+
+    ties: list[Tie] = field(default_factory=list)
+    isolates: bool = False
+    approximate: str | None = None
+    barrier: str | None = None
+
+
+ChannelRule = Callable[["Node", Port, int], ChannelEffect]  # noqa: F821
+ShapeRule = Callable[["Node"], Sequence["TensorType | None"]]  # noqa: F821
+CostRule = Callable[["Node"], int]  # noqa: F821
+RetargetRule = Callable[["Node"], None]  # noqa: F821
+
+
+@dataclass
+class OpDef:
+    """Everything irtool knows about one op."""
+
+    name: str
+    inputs: tuple[str, ...] = ()
+    """Input port names; a trailing ``?`` marks an optional input, ``*`` a variadic one."""
+    outputs: tuple[str, ...] = ("Y",)
+    attrs: dict[str, Attr] = field(default_factory=dict)
+    shape: ShapeRule | None = None
+    channel: ChannelRule | None = None
+    cost: CostRule | None = None
+    retarget: RetargetRule | None = None
+    domain: str = ""
+    label: str = ""
+    """Short layer kind for reports, e.g. ``conv``, ``linear``, ``bn``."""
+    doc: str = ""
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.domain}::{self.name}" if self.domain else self.name
+
+    def attr(self, node, key: str) -> Any:
+        """The node's attribute value, or the declared default."""
+        if key in node.attrs:
+            return node.attrs[key]
+        spec = self.attrs.get(key)
+        if spec is None:
+            raise IrtoolError(f"op {self.name} has no attribute '{key}'", where=node.name)
+        if spec.required:
+            raise IrtoolError(f"{self.name} requires attribute '{key}'", where=node.name)
+        return spec.default
+
+    def arity(self) -> tuple[int, int | None]:
+        """(minimum, maximum or None) number of inputs."""
+        lo = sum(1 for p in self.inputs if not p.endswith(("?", "*")))
+        hi = None if any(p.endswith("*") for p in self.inputs) else len(self.inputs)
+        return lo, hi
+
+
+_REGISTRY: dict[str, OpDef] = {}
+
+
+def register_op(opdef: OpDef) -> OpDef:
+    key = opdef.qualified_name
+    if key in _REGISTRY:
+        raise IrtoolError(f"op {key} is registered twice")
+    _REGISTRY[key] = opdef
+    return opdef
+
+
+def _ensure_loaded() -> None:
+    # The definitions live in ir/ops; importing the package registers them.
+    from . import ops  # noqa: F401
+
+
+def lookup(op: str, domain: str = "") -> OpDef | None:
+    """The op's definition, or None for an opaque op."""
+    _ensure_loaded()
+    return _REGISTRY.get(f"{domain}::{op}" if domain else op)
+
+
+def get_op(op: str, domain: str = "") -> OpDef:
+    opdef = lookup(op, domain)
+    if opdef is None:
+        raise IrtoolError(f"unknown op {op if not domain else domain + '::' + op}")
+    return opdef
+
+
+def opdef_of(node) -> OpDef | None:
+    return lookup(node.op, node.domain)
+
+
+def all_ops() -> list[OpDef]:
+    _ensure_loaded()
+    return sorted(_REGISTRY.values(), key=lambda d: d.qualified_name)

@@ -1,0 +1,1 @@
+"""Analysis and transform passes over the IR, with a registry and a pipeline parser."""

@@ -1,0 +1,1 @@
+"""The ``irtool`` command line and benchmark scripts."""
