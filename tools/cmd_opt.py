@@ -1,0 +1,92 @@
+"""``irtool opt -p PIPELINE MODEL -o OUT``: run a pass pipeline and write the result.
+
+The pipeline is validated before the model is loaded, and the output is written last and
+atomically: any error leaves no output file and the input untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..ir.errors import IrtoolError
+from .cmd_show import add_input_shape_argument, input_shapes
+from .model_io import load_model, save_model
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="ONNX file, .pt2 archive or package.module:factory")
+    parser.add_argument("-p", "--pipeline", required=True, help="passes, e.g. 'fold-bn,prune{sparsity=0.5},dce'")
+    parser.add_argument("-o", "--output", help="where to write the optimised ONNX model (omit for a dry run)")
+    add_input_shape_argument(parser)
+    parser.add_argument(
+        "--verify", action="store_true", help="check the result against the original with the equivalence oracle"
+    )
+    parser.add_argument("--verify-each", action="store_true", help="run the IR verifier after every pass")
+    parser.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass")
+    parser.add_argument("--timing", action="store_true", help="print how long each pass took")
+    parser.add_argument("--fixpoint", action="store_true", help="repeat the pipeline until nothing changes")
+
+
+def _check_output(output: str | None) -> None:
+    if output is None:
+        return
+    path = Path(output)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise IrtoolError(f"output folder '{folder}' does not exist")
+    if path.is_dir():
+        raise IrtoolError(f"output '{output}' is a folder")
+
+
+def _load_oracle():
+    """``(copy_graph, check_equivalence)``, or a clear error before any work is done."""
+    try:
+        from ..passes.oracle import check_equivalence, copy_graph
+    except ModuleNotFoundError as exc:
+        if exc.name != "irtool.passes.oracle":
+            raise
+        raise IrtoolError(
+            "--verify needs the equivalence oracle (irtool.passes.oracle), which is not available"
+        ) from None
+    return copy_graph, check_equivalence
+
+
+def _report_equivalence(report) -> None:
+    print(report.format())
+    if not report.ok:
+        raise IrtoolError("the result is not equivalent to the original; nothing written")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..passes.base import PassContext, PassManager
+    from ..passes.cost import format_comparison, graph_cost
+    from ..passes.pipeline import parse_pipeline
+
+    passes = parse_pipeline(args.pipeline)
+    shapes = input_shapes(args)
+    _check_output(args.output)
+    copy_graph, check_equivalence = _load_oracle() if args.verify else (None, None)
+
+    graph = load_model(args.model, shapes)
+    original = copy_graph(graph) if args.verify else None
+    before = graph_cost(graph)
+    manager = PassManager(
+        passes, verify=args.verify_each, print_ir_after_all=args.print_ir_after_all, fixpoint=args.fixpoint
+    )
+    result = manager.run(graph, PassContext())
+    for record in result.records:
+        for line in record.log or ["no change"]:
+            print(f"{record.spec}: {line}")
+    print()
+    print(format_comparison(before, graph_cost(result.graph)))
+    if args.timing:
+        print()
+        print(result.timing_report())
+    if args.verify:
+        print()
+        _report_equivalence(check_equivalence(original, result.graph))
+    if args.output:
+        written = save_model(result.graph, args.output)
+        print(f"\nwrote {written}")
+    return 0
