@@ -128,15 +128,19 @@ class Node:
         self.attrs: dict[str, Any] = dict(attrs or {})
         self.graph: Graph | None = None
         self.meta: dict[str, Any] = {}
+        # Check everything before touching any value, so a refused node leaves no trace.
+        self._outputs: tuple[Value, ...] = tuple(outputs)
+        if len({id(v) for v in self._outputs}) != len(self._outputs):
+            raise IrtoolError(f"node '{name or op}' lists the same output value twice")
+        for value in self._outputs:
+            if value._producer is not None:
+                raise IrtoolError(f"value '{value.name}' already has a producer")
         self._inputs: list[Value | None] = []
         for i, value in enumerate(inputs):
             self._inputs.append(value)
             if value is not None:
                 value._uses[(self, i)] = None
-        self._outputs: tuple[Value, ...] = tuple(outputs)
         for i, value in enumerate(self._outputs):
-            if value._producer is not None:
-                raise IrtoolError(f"value '{value.name}' already has a producer")
             value._producer = self
             value._index = i
 
@@ -278,6 +282,9 @@ class Graph:
         after: Node | None = None,
     ) -> Node:
         """Create a node with fresh output values and place it (at the end by default)."""
+        anchor = before or after
+        if anchor is not None and anchor.graph is not self:
+            raise IrtoolError(f"{anchor!r} is not in graph '{self.name}'")
         if isinstance(outputs, int):
             base = name or op.lower()
             out_names = [base if outputs == 1 else f"{base}_{i}" for i in range(outputs)]
@@ -293,16 +300,16 @@ class Graph:
         """Place an existing node; its outputs' names are made unique in this graph."""
         if node.graph is not None:
             raise IrtoolError(f"{node!r} already belongs to a graph")
+        anchor = before or after
+        if anchor is not None and anchor.graph is not self:
+            raise IrtoolError(f"{anchor!r} is not in graph '{self.name}'")
         node.name = self.fresh_name(node.name or node.op.lower())
         node.graph = self
         for value in node.outputs:
             self._claim(value)
-        anchor = before or after
         if anchor is None:
             self._nodes[node] = None
             return node
-        if anchor.graph is not self:
-            raise IrtoolError(f"{anchor!r} is not in graph '{self.name}'")
         ordered: dict[Node, None] = {}
         for n in self._nodes:
             if n is anchor and before is not None:
@@ -343,6 +350,8 @@ class Graph:
             node.graph = None
 
     def remove_constant(self, value: Value) -> None:
+        if self.constants.get(value.name) is not value:
+            raise IrtoolError(f"'{value.name}' is not a constant of graph '{self.name}'")
         if value._uses or value.is_graph_output:
             raise IrtoolError(f"constant '{value.name}' is still used")
         self.constants.pop(value.name, None)

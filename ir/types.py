@@ -56,6 +56,15 @@ class DType(enum.Enum):
     @classmethod
     def from_numpy(cls, dtype) -> "DType":
         dtype = np.dtype(dtype)
+        cached = _FROM_NUMPY.get(dtype)
+        if cached is not None:
+            return cached
+        result = cls._from_numpy(dtype)
+        _FROM_NUMPY[dtype] = result
+        return result
+
+    @classmethod
+    def _from_numpy(cls, dtype: np.dtype) -> "DType":
         if dtype == np.dtype(object):
             return cls.string
         if dtype.name == "bfloat16":
@@ -70,6 +79,9 @@ class DType(enum.Enum):
     @property
     def is_float(self) -> bool:
         return self in (DType.float16, DType.float32, DType.float64, DType.bfloat16)
+
+
+_FROM_NUMPY: dict[np.dtype, DType] = {}
 
 
 @dataclass(frozen=True)

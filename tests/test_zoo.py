@@ -93,11 +93,6 @@ REQUIRED_NAMES = {
 # uses the batch size: view/reshape/expand with x.shape[0], LSTM).
 DYNAMIC_BATCH = ["shufflenet_v2_x1_0", "vit_tiny", "lstm_classifier"]
 
-# ONNX round trips too slow for the default run: VGG's 411 MB fc1 weight makes the legacy
-# exporter (shape inference + serialization of a 530 MB proto) take >10 s of CPU.
-# Run them with ZOO_SLOW=1.
-SLOW_ONNX = {"vgg11_bn"}
-RUN_SLOW = os.environ.get("ZOO_SLOW", "") not in ("", "0")
 
 
 @functools.lru_cache(maxsize=None)
@@ -191,8 +186,6 @@ def test_torch_export(name: str) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_onnx_matches_torch(name: str, tmp_path) -> None:
-    if name in SLOW_ONNX and not RUN_SLOW:
-        pytest.skip("slow ONNX round trip (530 MB model); set ZOO_SLOW=1 to run")
     x, y = _reference(name)
     path = export_onnx(_model(name), tmp_path / f"{name}.onnx", example_input=x.clone())
     onnx.checker.check_model(str(path))

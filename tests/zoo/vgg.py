@@ -29,18 +29,25 @@ def make_layers(cfg: list, batch_norm: bool = False) -> nn.Sequential:
 
 
 class VGG(nn.Module):
-    def __init__(self, features: nn.Module, num_classes: int = 1000, dropout: float = 0.5) -> None:
+    def __init__(
+        self,
+        features: nn.Module,
+        num_classes: int = 1000,
+        dropout: float = 0.5,
+        pool_size: int = 7,
+        hidden: int = 4096,
+    ) -> None:
         super().__init__()
         self.features = features
-        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+        self.avgpool = nn.AdaptiveAvgPool2d((pool_size, pool_size))
         self.classifier = nn.Sequential(
-            nn.Linear(512 * 7 * 7, 4096),
+            nn.Linear(512 * pool_size * pool_size, hidden),
             nn.ReLU(True),
             nn.Dropout(p=dropout),
-            nn.Linear(4096, 4096),
+            nn.Linear(hidden, hidden),
             nn.ReLU(True),
             nn.Dropout(p=dropout),
-            nn.Linear(4096, num_classes),
+            nn.Linear(hidden, num_classes),
         )
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -63,5 +70,6 @@ class VGG(nn.Module):
 
 
 @seeded_factory
-def vgg11_bn(num_classes: int = 1000) -> VGG:
-    return VGG(make_layers(CFG_A, batch_norm=True), num_classes=num_classes)
+def vgg11_bn(num_classes: int = 1000, pool_size: int = 7, hidden: int = 4096) -> VGG:
+    """torchvision's VGG-11-BN by default; ``pool_size``/``hidden`` shrink the classifier for tests."""
+    return VGG(make_layers(CFG_A, batch_norm=True), num_classes=num_classes, pool_size=pool_size, hidden=hidden)
