@@ -200,7 +200,8 @@ class Graph:
         self.opset_imports: dict[str, int] = {}
         self.meta: dict[str, Any] = {}
         self._nodes: dict[Node, None] = {}
-        self._names: set[str] = set()
+        self._names: set[str] = set()  # value names
+        self._node_names: set[str] = set()  # node names: a namespace of their own, as in ONNX
         self._counter = itertools.count()
 
     # -- queries ---------------------------------------------------------------------
@@ -235,16 +236,17 @@ class Graph:
         ]
 
     # -- names -----------------------------------------------------------------------
-    def fresh_name(self, hint: str = "v") -> str:
-        """A value or node name not used in this graph yet."""
+    def fresh_name(self, hint: str = "v", *, node: bool = False) -> str:
+        """A value (or, with ``node``, node) name not used in this graph yet."""
+        used = self._node_names if node else self._names
         hint = hint or "v"
-        if hint not in self._names:
-            self._names.add(hint)
+        if hint not in used:
+            used.add(hint)
             return hint
         while True:
             candidate = f"{hint}_{next(self._counter)}"
-            if candidate not in self._names:
-                self._names.add(candidate)
+            if candidate not in used:
+                used.add(candidate)
                 return candidate
 
     def _claim(self, value: Value) -> Value:
@@ -303,7 +305,7 @@ class Graph:
         anchor = before or after
         if anchor is not None and anchor.graph is not self:
             raise IrtoolError(f"{anchor!r} is not in graph '{self.name}'")
-        node.name = self.fresh_name(node.name or node.op.lower())
+        node.name = self.fresh_name(node.name or node.op.lower(), node=True)
         node.graph = self
         for value in node.outputs:
             self._claim(value)
@@ -347,6 +349,7 @@ class Graph:
         for node in batch:
             node._detach_inputs()
             del self._nodes[node]
+            self._node_names.discard(node.name)
             node.graph = None
 
     def remove_constant(self, value: Value) -> None:

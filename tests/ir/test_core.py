@@ -174,12 +174,19 @@ def test_fresh_names_never_repeat_a_name_in_the_graph():
     x = g.add_input("x", T)
     g.add_constant("w", np.zeros(3, np.float32))
     node = g.add_node("Relu", [x], outputs=["y"], name="relu")
-    taken = {"x", "w", "y", "relu"}
+    taken = {"x", "w", "y"}
     fresh = [g.fresh_name(hint) for hint in ["x", "w", "y", "relu", "relu", "z", "z", ""]]
-    assert fresh[5] == "z" and fresh[7] == "v"
-    assert len(set(fresh)) == len(fresh) and not set(fresh[:5]) & taken and fresh[6] != "z"
+    assert fresh[3] == "relu" and fresh[5] == "z" and fresh[7] == "v"
+    assert len(set(fresh)) == len(fresh) and not set(fresh[:3]) & taken and fresh[6] != "z"
     clash = g.add_node("Relu", [node.outputs[0]], outputs=["y"], name="relu")
-    assert clash.name not in taken and clash.outputs[0].name not in taken | {clash.name}
+    assert clash.name != "relu" and clash.outputs[0].name not in taken | set(fresh)
+
+
+def test_nodes_and_values_have_separate_namespaces():
+    g = Graph("main")
+    x = g.add_input("x", T)
+    node = g.add_node("Relu", [x])
+    assert node.name == "relu" and node.outputs[0].name == "relu"
     assert find_problems(g) == []
 
 
