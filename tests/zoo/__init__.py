@@ -14,6 +14,7 @@ LayerNorm affine params set to non-trivial random values.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import io
 import os
@@ -272,12 +273,31 @@ def onnx_bytes(
     keep_batchnorm: bool = True,
     example_input: Optional[torch.Tensor] = None,
 ) -> bytes:
-    """Like :func:`export_onnx` but returns the serialized ModelProto."""
+    """Like :func:`export_onnx` but returns the serialized ModelProto.
+
+    Exports of zoo models given by name are deterministic, so they are memoised per process:
+    the many test files that need ``resnet18.onnx`` export it once.
+    """
+    if isinstance(model_or_name, str) and example_input is None:
+        entry = get(model_or_name)
+        shape = tuple(input_shape) if input_shape is not None else entry.input_shape
+        return _cached_export(entry.name, shape, dynamic_batch, opset_version, keep_batchnorm)
+    return _export_bytes(model_or_name, input_shape, dynamic_batch, opset_version, keep_batchnorm,
+                         example_input)
+
+
+def _export_bytes(model_or_name, input_shape, dynamic_batch, opset_version, keep_batchnorm,
+                  example_input) -> bytes:
     model, x = _resolve(model_or_name, input_shape, example_input)
     buf = io.BytesIO()
     _export(model, x, buf, dynamic_batch=dynamic_batch, opset_version=opset_version,
             keep_batchnorm=keep_batchnorm)
     return buf.getvalue()
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_export(name, shape, dynamic_batch, opset_version, keep_batchnorm) -> bytes:
+    return _export_bytes(name, shape, dynamic_batch, opset_version, keep_batchnorm, None)
 
 
 def export_onnx(
