@@ -54,6 +54,9 @@ class Pass:
     """A graph transform or check. Subclasses are frozen dataclasses; their fields are options."""
 
     name: ClassVar[str] = ""
+    preserves_function: ClassVar[bool] = True
+    """False for passes that change what the model computes on purpose (quantize, sparsify,
+    finetune): ``irtool opt --verify`` checks the graph just before the first of them."""
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         raise NotImplementedError(f"pass {type(self).__name__} has no run()")

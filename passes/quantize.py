@@ -538,6 +538,7 @@ class Quantize(Pass):
     """Quantize: static int8 QDQ with calibration, fixed-point Qm.n, or int8 weights only."""
 
     name = "quantize"
+    preserves_function = False
     mode: Mode = field(default="int8", metadata={"help": "int8 (calibrated QDQ), fixed (Qm.n) or weight-int8"})
     bits: int = field(default=8, metadata={"help": "bit width: 8 for int8 modes, 2..8 for fixed"})
     frac_bits: int = field(default=4, metadata={"help": "fixed mode: fractional bits n of Qm.n"})
