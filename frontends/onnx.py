@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -390,8 +391,16 @@ def tensor_type(proto: onnx.TypeProto) -> TensorType | None:
     dims: list[int | str | None] = []
     for dim in tensor.shape.dim:
         kind = dim.WhichOneof("value")
-        dims.append(dim.dim_value if kind == "dim_value" else dim.dim_param if kind == "dim_param" else None)
+        if kind == "dim_value":
+            dims.append(dim.dim_value)
+        elif kind == "dim_param" and not _ANONYMOUS_DIM.fullmatch(dim.dim_param):
+            dims.append(dim.dim_param)
+        else:  # onnx's shape inference names dims it cannot compute unk__N: they are unknown
+            dims.append(None)
     return TensorType(dtype, tuple(dims))
+
+
+_ANONYMOUS_DIM = re.compile(r"unk__\d+")
 
 
 def tensor_to_array(tensor: onnx.TensorProto, base_dir: str | os.PathLike | None = None) -> np.ndarray:

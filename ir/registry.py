@@ -135,9 +135,16 @@ def register_op(opdef: OpDef) -> OpDef:
     return opdef
 
 
+_loaded = False
+
+
 def _ensure_loaded() -> None:
     # The definitions live in ir/ops; importing the package registers them.
-    from . import ops  # noqa: F401
+    global _loaded
+    if not _loaded:
+        from . import ops  # noqa: F401
+
+        _loaded = True
 
 
 def lookup(op: str, domain: str = "") -> OpDef | None:

@@ -31,6 +31,7 @@ from ..ir.ops.channels import FOLD_HINT, REMOVED_META
 from ..ir.registry import opdef_of
 from ..ir.shapes import infer_shapes
 from .base import Pass, PassContext, PassResult, register_pass
+from .const_fold import ConstantFold
 from .cost import Cost, format_comparison, graph_cost
 from .criteria import get_criterion, importance
 from .dependency import ChannelAnalysis, ChannelGroup, SlotKey, analyze_channels, layer_name
@@ -490,7 +491,7 @@ def prune_graph(
     if folding:
         report.warnings.append(
             f"{len(folding)} groups are blocked by shapes computed at run time; "
-            "run const-fold before prune to free those whose shapes are static"
+            "their shapes depend on a dynamic dimension"
         )
     removed = np.zeros(analysis.components, dtype=bool)
     by_id = {g.id: g for g in analysis.groups}
@@ -545,7 +546,13 @@ class Prune(Pass):
         return PruneConfig(**{f.name: getattr(self, f.name) for f in fields(PruneConfig)})
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        if _fill_shapes(graph):
+        # Exporters compute reshape targets at run time (Shape -> Gather -> Concat); with
+        # static shapes those fold to constants, which frees the groups they would block.
+        filled = _fill_shapes(graph)
+        folded = ConstantFold().run(graph, ctx).modified
+        if folded:
+            _fill_shapes(graph)
+        if filled or folded:
             ctx.invalidate()
         analysis = ctx.analysis("channels", graph)
         report = prune_graph(graph, self.config(), analysis=analysis, logger=ctx.logger)

@@ -72,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     except IrtoolError as exc:
         print(f"irtool: {args.command}: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`irtool show ... | head`): stop quietly, as Unix tools do.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"irtool: {args.command}: interrupted", file=sys.stderr)
         return 130

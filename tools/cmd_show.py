@@ -48,7 +48,10 @@ def format_groups(graph: Graph) -> str:
         raise IrtoolError(
             "--groups needs the channel dependency analysis (irtool.passes.dependency), which is not available"
         ) from None
-    return analyze_channels(graph).format()
+    from ..passes.oracle import prepare
+
+    # Analyse the graph as prune sees it: static shapes, run-time shape computations folded.
+    return analyze_channels(prepare(graph)).format()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -29,7 +29,18 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 
 def load_model(spec: str, input_shapes: list[tuple[int, ...]] | None = None) -> Graph:
-    """Lower the model named by ``spec`` into the IR."""
+    """Lower the model named by ``spec`` into the IR, with every type the registry can infer."""
+    from ..ir.shapes import infer_shapes
+
+    graph = _lower(spec, input_shapes)
+    try:
+        infer_shapes(graph, overwrite=False)
+    except IrtoolError:
+        pass  # the frontend's own types stand; passes that need more report it themselves
+    return graph
+
+
+def _lower(spec: str, input_shapes: list[tuple[int, ...]] | None) -> Graph:
     if is_factory_spec(spec):
         from ..frontends.torch import load_factory
 
