@@ -175,3 +175,7 @@ def _norm_scales(group: ChannelGroup) -> Iterator[Member]:
             if opdef is not None and i < len(opdef.inputs) and opdef.inputs[i].rstrip("?*").lower() == NORM_SCALE_PORT:
                 yield member
                 break
+
+
+# The data-driven criteria (activation mean, APoZ, Taylor, ThiNet) register themselves.
+from . import criteria_data  # noqa: E402,F401

@@ -124,7 +124,7 @@ class PruneReport:
     def summary(self) -> list[str]:
         total = sum(g.before for g in self.groups)
         verb = "masked" if self.mode == "mask" else "removed"
-        lines = [f"{verb} {self.channels_removed} of {total} channels in {len(self.groups)} groups"]
+        lines = [f"{verb} {self.channels_removed} of {total} channels in {len(self.groups)} group{'' if len(self.groups) == 1 else 's'}"]
         if self.before is not None and self.after is not None:
             lines.extend(format_comparison(self.before, self.after).splitlines())
         return lines

@@ -12,8 +12,10 @@ BUILTIN_PASSES: dict[str, str] = {
     "const-fold": "irtool.passes.const_fold:ConstantFold",
     "fold-bn": "irtool.passes.fold_bn:FoldBatchNorm",
     "prune": "irtool.passes.prune:Prune",
+    "prune-budget": "irtool.passes.budget:PruneBudget",
     "sparsify": "irtool.passes.sparsify:Sparsify",
     "quantize": "irtool.passes.quantize:Quantize",
+    "finetune": "irtool.passes.finetune:Finetune",
 }
 
 BUILTIN_ANALYSES: dict[str, str] = {

@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     for result in records:
         for record in result.records:
             for line in record.log or ["no change"]:
-                print(f"{record.spec}: {line}")
+                print(f"{record.spec.split('{', 1)[0]}: {line}")
     print()
     print(format_comparison(before, graph_cost(graph)))
     if args.timing:
