@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -x -q tests
+	$(PY) -m pytest -x tests
 
 demo: $(STAMP)
 	$(VENV)/bin/irtool demo
