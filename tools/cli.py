@@ -21,6 +21,8 @@ COMMANDS: dict[str, str] = {
     "draw": "draw the graph (DOT, SVG or PNG), optionally coloured by channel group",
     "bench": "measure inference latency on onnxruntime and TVM",
     "demo": "train, prune, fine-tune, quantize and benchmark a small model end to end",
+    "run": "run a scenario file (model, pipeline, data, targets, measurements)",
+    "analyze": "sensitivity of each channel group to pruning, and the latency table",
 }
 
 

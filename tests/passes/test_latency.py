@@ -1,0 +1,142 @@
+"""The latency model: relative work of layers, one-layer models, the cached table, the
+alignment probe. Timings are not asserted (the machine is shared); structure and exact
+MAC bookkeeping are."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from irtool.backends.onnx import run_onnxruntime
+from irtool.frontends.torch import load_module
+from irtool.passes.budget import keep_selector
+from irtool.passes.cost import graph_cost
+from irtool.passes.dependency import analyze_channels
+from irtool.passes.latency import (
+    LatencyTable,
+    best_alignment,
+    build_latency_model,
+    cache_path,
+    is_weighted_layer,
+    layer_graph,
+    layer_work,
+    predicted_macs,
+)
+from irtool.passes.oracle import copy_graph, prepare
+from irtool.passes.prune import PruneConfig, prune_graph
+
+
+class TinyNet(nn.Module):
+    """conv-bn-relu, depthwise conv, pointwise conv, a residual add, pooling and a classifier."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.pw = nn.Conv2d(16, 32, 1)
+        self.expand = nn.Conv2d(32, 24, 3, padding=1)
+        self.project = nn.Conv2d(24, 32, 1)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = self.pw(torch.relu(self.dw(self.stem(x))))
+        x = x + self.project(torch.relu(self.expand(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def tiny_graph(size: int = 32):
+    return prepare(load_module(TinyNet().eval(), (torch.randn(1, 3, size, size),)))
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("IRTOOL_CACHE_DIR", str(tmp_path))
+    return tmp_path
+
+
+def _channels(analysis):
+    return {g.id: g.channels for g in analysis.groups}
+
+
+def _prune_to(graph, keep):
+    copy = copy_graph(graph)
+    prune_graph(copy, PruneConfig(sparsity=0.0), select=keep_selector(keep), analysis=analyze_channels(copy))
+    return copy
+
+
+def test_relative_work_gives_exact_macs():
+    graph = tiny_graph()
+    analysis = analyze_channels(graph)
+    works = layer_work(analysis)
+    channels = _channels(analysis)
+    assert predicted_macs(works, {}, channels) == graph_cost(graph).macs
+    prunable = [g for g in analysis.groups if g.prunable]
+    assert len(prunable) >= 3
+    # every prunable group at a different odd count: MACs of the pruned model match exactly
+    keep = {g.id: max(1, g.channels // 2 - 1 - k) for k, g in enumerate(prunable)}
+    pruned = _prune_to(graph, keep)
+    assert abs(predicted_macs(works, keep, channels) - graph_cost(pruned).macs) < 1e-6 * graph_cost(graph).macs
+
+
+def test_depthwise_conv_work_is_linear_in_its_group():
+    graph = tiny_graph()
+    analysis = analyze_channels(graph)
+    depthwise = next(w for w in layer_work(analysis) if w.node.attrs.get("group", 1) == 16)
+    assert len(depthwise.slots) == 1  # input and output share the group: one slot
+    (gid,) = depthwise.groups
+    assert depthwise.fraction({gid: 4}, _channels(analysis)) == pytest.approx(0.25)
+
+
+def test_layer_graph_is_cut_to_the_kept_channels():
+    graph = tiny_graph()
+    analysis = analyze_channels(graph)
+    layers = [n for n in graph.nodes if is_weighted_layer(n)]
+    assert len(layers) == 6  # stem, dw, pw, expand, project convs and fc
+    pw = next(w for w in layer_work(analysis) if w.node in layers and len(w.slots) == 2 and w.node.op == "Conv")
+    keep = {gid: 8 for gid in pw.groups}
+    single = layer_graph(pw.node, analysis, keep)
+    assert len(single.nodes) == 1
+    x = np.random.default_rng(0).standard_normal([int(d) for d in single.inputs[0].type.shape]).astype(np.float32)
+    (y,) = run_onnxruntime(single, [x])
+    assert x.shape[1] == 8 and y.shape[1] == 8
+    assert tuple(y.shape) == tuple(single.outputs[0].type.shape)
+
+
+def test_model_is_built_cached_and_reused(cache_dir):
+    graph = tiny_graph()
+    analysis = analyze_channels(graph)
+    model = build_latency_model(graph, analysis, runs=2, probe_alignment=False)
+    assert len(model.layers) == 6
+    for layer in model.layers:
+        xs = [x for x, _ in layer.points]
+        assert xs == sorted(xs) and xs[-1] == pytest.approx(1.0)
+        assert all(ms >= 0 for _, ms in layer.points)
+    assert sum(len(layer.points) for layer in model.layers) >= 15  # 4 fractions where a group scales the layer
+    assert model.predict() == pytest.approx(model.measured_ms)
+    assert model.scale <= 1.0
+    keep = {g.id: g.channels // 2 for g in analysis.groups if g.prunable}
+    assert model.predict(keep) < model.predict()
+    path = cache_path("ort", 1)
+    assert path.parent == cache_dir and path.name.startswith("latency-ort-1-")
+    saved = json.loads(path.read_text())
+    assert saved["meta"]["threads"] == 1 and "run-overhead" in saved["layers"]
+    table = LatencyTable("ort", 1, runs=2)
+    assert len(table.entries) == len(saved["layers"])
+    build_latency_model(graph, analysis, runs=2, probe_alignment=False, table=table)
+    assert table.measured == 0  # every layer timing came from the cache
+
+
+def test_alignment_probe_and_choice(cache_dir):
+    graph = tiny_graph()
+    model = build_latency_model(graph, analyze_channels(graph), runs=2)
+    assert set(model.alignment) == {2, 4, 8, 16}
+    assert all(r > 0 for r in model.alignment.values())
+    assert model.round_to in (1, 2, 4, 8, 16)
+    assert best_alignment({2: 0.99, 4: 0.6, 8: 0.5, 16: 0.51}) == 8
+    assert best_alignment({2: 0.99, 4: 0.98}) == 1
+    assert best_alignment({}) == 1

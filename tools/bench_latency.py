@@ -1,0 +1,146 @@
+"""Latency-aware pruning on onnxruntime: prune a zoo model to a latency target and compare it
+with a uniform prune of the same predicted latency; time building ResNet-50's latency table.
+
+For the target model it builds the latency model (in a fresh cache folder unless ``--cache``),
+chooses channels for ``--target`` (a fraction of the unpruned latency), prunes, and measures
+the unpruned, budget-pruned and uniformly pruned models in interleaved rounds. It prints the
+predicted and measured latencies, the speedup against the target speedup, the MAC reduction,
+and the latency efficiency (speedup / MAC reduction) of both prunes. Latencies are 10th percentiles
+(the quiet-machine latency; see ``irtool.passes.latency.measure_graph_ms``). With ``--resnet50`` it
+also builds ResNet-50's table and compares predicted with measured latency, unpruned and
+at a uniform 50% prune.
+
+Run from the repository root: ``python tools/bench_latency.py [--size 224] [--threads 1]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _zoo_graph(name: str, size: int, folder: Path):
+    root = Path(__file__).resolve().parents[1]
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from irtool.frontends.onnx import load_onnx
+    from irtool.passes.oracle import prepare
+    from tests.zoo import export_onnx
+
+    path = export_onnx(name, folder / f"{name}.onnx", input_shape=(1, 3, size, size))
+    return prepare(load_onnx(path))
+
+
+def _uniform_keep(analysis, sparsity: float, round_to: int) -> dict[int, int]:
+    from irtool.passes.prune import PruneConfig, _keep_count
+
+    config = PruneConfig(sparsity=sparsity, round_to=round_to)
+    return {g.id: _keep_count(g.channels, sparsity, config) for g in analysis.groups if g.prunable}
+
+
+def _pruned(graph, analysis_of, keep):
+    from irtool.passes.budget import keep_selector
+    from irtool.passes.oracle import copy_graph
+    from irtool.passes.prune import PruneConfig, prune_graph
+
+    copy = copy_graph(graph)
+    prune_graph(copy, PruneConfig(sparsity=0.0), select=keep_selector(keep), analysis=analysis_of(copy), logger=_QUIET)
+    return copy
+
+
+_QUIET = logging.getLogger("irtool.bench_latency")
+_QUIET.propagate = False
+
+
+def target_run(name: str, size: int, threads: int, target: float, runs: int, rounds: int, folder: Path) -> None:
+    from irtool.passes.budget import choose_channels
+    from irtool.passes.cost import graph_cost
+    from irtool.passes.dependency import analyze_channels
+    from irtool.passes.latency import build_latency_model, compare_ms, session_call
+
+    graph = _zoo_graph(name, size, folder)
+    analysis = analyze_channels(graph)
+    start = time.perf_counter()
+    model = build_latency_model(graph, analysis, threads=threads)
+    built = time.perf_counter() - start
+    print(f"{name} {size}x{size}, {threads} thread(s): latency model built in {built:.1f} s")
+    print(model.format())
+    keep = choose_channels(graph, analysis, target_latency=target, latency_model=model, round_to=model.round_to)
+    goal = target * model.predict()
+    # the uniform prune whose predicted latency is closest to the same goal
+    sparsities = [s / 100 for s in range(5, 80)]
+    uniform_s = min(sparsities, key=lambda s: abs(model.predict(_uniform_keep(analysis, s, model.round_to)) - goal))
+    uniform_keep = _uniform_keep(analysis, uniform_s, model.round_to)
+    budget = _pruned(graph, analyze_channels, keep)
+    uniform = _pruned(graph, analyze_channels, uniform_keep)
+    calls = [session_call(g, threads=threads) for g in (graph, budget, uniform)]
+    base, budget_ms, uniform_ms = compare_ms(calls, runs=runs, rounds=rounds)
+    macs = graph_cost(graph).macs
+    rows = [
+        ("budget", budget_ms, model.predict(keep), graph_cost(budget).macs),
+        (f"uniform s={uniform_s:.2f}", uniform_ms, model.predict(uniform_keep), graph_cost(uniform).macs),
+    ]
+    full = model.predict()
+    print(f"unpruned: measured {base:.2f} ms, predicted {full:.2f} ms; target {target:g} -> speedup {1 / target:.2f}x")
+    efficiency = {}
+    for label, ms, predicted, pruned_macs in rows:
+        speedup, mac_ratio = base / ms, macs / pruned_macs
+        efficiency[label] = speedup / mac_ratio
+        print(
+            f"{label:>16}: measured {ms:.2f} ms, predicted {predicted:.2f} ms ({100 * (predicted - ms) / ms:+.0f}%); "
+            f"speedup measured {speedup:.2f}x, predicted {full / predicted:.2f}x, {100 * (speedup * target - 1):+.0f}% vs target; "
+            f"MAC reduction {mac_ratio:.2f}x, efficiency {efficiency[label]:.2f}"
+        )
+    first, second = efficiency.values()
+    print(f"latency efficiency budget / uniform: {first / second:.2f} (bar 0.9)")
+
+
+def resnet_run(size: int, threads: int, runs: int, rounds: int, folder: Path) -> None:
+    from irtool.passes.dependency import analyze_channels
+    from irtool.passes.latency import build_latency_model, compare_ms, session_call
+
+    graph = _zoo_graph("resnet50", size, folder)
+    analysis = analyze_channels(graph)
+    start = time.perf_counter()
+    model = build_latency_model(graph, analysis, threads=threads)
+    built = time.perf_counter() - start
+    print(f"resnet50 {size}x{size}: latency table built in {built:.1f} s (bar 120 s), {len(model.layers)} layers")
+    print(model.format())
+    keep = _uniform_keep(analysis, 0.5, model.round_to)
+    pruned = _pruned(graph, analyze_channels, keep)
+    base, half = compare_ms([session_call(g, threads=threads) for g in (graph, pruned)], runs=runs, rounds=rounds)
+    for label, ms, predicted in (("unpruned", base, model.predict()), ("uniform 50%", half, model.predict(keep))):
+        print(f"{label:>12}: measured {ms:.2f} ms, predicted {predicted:.2f} ms ({100 * (predicted - ms) / ms:+.0f}%, bar 15%)")
+    ratio, predicted_ratio = half / base, model.predict(keep) / model.predict()
+    print(f"pruned/unpruned latency: measured {ratio:.3f}, predicted {predicted_ratio:.3f} ({100 * (predicted_ratio - ratio) / ratio:+.0f}%)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="mobilenet_v2", help="zoo model pruned to the target (default mobilenet_v2)")
+    parser.add_argument("--size", type=int, default=224, help="input height and width (default 224)")
+    parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
+    parser.add_argument("--target", type=float, default=0.5, help="latency target as a fraction of the unpruned (default 0.5)")
+    parser.add_argument("--runs", type=int, default=60, help="timed runs per model (default 60)")
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds the runs are spread over (default 10)")
+    parser.add_argument("--resnet50", action="store_true", help="also time building ResNet-50's latency table")
+    parser.add_argument("--cache", action="store_true", help="use the user's latency cache instead of a fresh one")
+    args = parser.parse_args(argv)
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    with tempfile.TemporaryDirectory(prefix="irtool-bench-") as folder:
+        if not args.cache:
+            os.environ["IRTOOL_CACHE_DIR"] = folder
+        target_run(args.model, args.size, args.threads, args.target, args.runs, args.rounds, Path(folder))
+        if args.resnet50:
+            resnet_run(args.size, args.threads, args.runs, args.rounds, Path(folder))
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
