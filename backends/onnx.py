@@ -90,15 +90,18 @@ def save_onnx(
     if not external_data:
         return atomic_write(path, lambda tmp: _write_chunks(tmp, parts.chunks(_inline_tensor)))
     location = f"{path.name}.data"
-    headers: list[list] = []
 
-    def write_data(tmp: Path) -> None:
-        with open(tmp, "wb") as stream:
-            tensors = _ExternalTensors(stream, location)
-            headers.append(list(parts.chunks(tensors)))
+    def write_model(model_tmp: Path) -> None:
+        # Both files are complete before either is renamed into place, so an interrupted save
+        # leaves the previous pair (or nothing), never a new data file without its model.
+        def write_data(data_tmp: Path) -> None:
+            with open(data_tmp, "wb") as stream:
+                headers = list(parts.chunks(_ExternalTensors(stream, location)))
+            _write_chunks(model_tmp, headers)
 
-    atomic_write(path.with_name(location), write_data)
-    return atomic_write(path, lambda tmp: _write_chunks(tmp, headers[0]))
+        atomic_write(path.with_name(location), write_data)
+
+    return atomic_write(path, write_model)
 
 
 def make_session(

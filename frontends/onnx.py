@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
@@ -104,6 +105,7 @@ def load_onnx(
         model, initializers = _parse(_read_file(path), where)
     if not model.HasField("graph") or not model.opset_import:
         raise IrtoolError("not an ONNX model (no graph or opset_import)", where=where)
+    _check_strings(model, initializers, where)
     opset = _default_opset(model, where)
     types = _check_and_infer(model, initializers, where)
     return _Importer(model, initializers, opset, types, folder, where).run()
@@ -144,7 +146,7 @@ class _Initializer:
         if self.buffer is None:
             return tensor_to_array(self.proto, base_dir)
         dtype = _RAW_DTYPES[self.proto.data_type]
-        dims = tuple(self.proto.dims)
+        dims = _checked_dims(self.proto)
         expected = _numel(self.proto) * dtype.itemsize
         if self.length != expected:
             raise IrtoolError(
@@ -298,6 +300,28 @@ def _copy_without(message, skipped: str):
 
 
 # -- checking ----------------------------------------------------------------------------------
+def _bad_string(message, path: str) -> str | None:
+    """The path of the first string field that is not valid UTF-8 (protobuf hands those out as
+    ``bytes``, and using them fails far from here: TypeError, UnicodeDecodeError), else None."""
+    for field, value in message.ListFields():
+        values = value if field.is_repeated else [value]
+        for i, item in enumerate(values):
+            where = f"{path}.{field.name}" + (f"[{i}]" if field.is_repeated else "")
+            if field.type == FieldDescriptor.TYPE_STRING and not isinstance(item, str):
+                return where
+            if field.type == FieldDescriptor.TYPE_MESSAGE and (found := _bad_string(item, where)):
+                return found
+    return None
+
+
+def _check_strings(model: onnx.ModelProto, initializers: list[_Initializer], where: str) -> None:
+    found = _bad_string(model, "model") or next(
+        (f for init in initializers if (f := _bad_string(init.proto, "initializer"))), None
+    )
+    if found:
+        raise IrtoolError(f"{found} is not valid UTF-8 text", where=where)
+
+
 def _default_opset(model: onnx.ModelProto, where: str) -> int:
     versions = [o.version for o in model.opset_import if o.domain in ONNX_DOMAINS]
     opset = versions[0] if versions else IR_OPSET
@@ -323,13 +347,36 @@ def _check_and_infer(
     except onnx.checker.ValidationError as exc:
         raise IrtoolError(f"fails the ONNX checker: {_one_line(str(exc))}", where=where) from None
     declared = _declared_types(model.graph)
-    for data_prop in (True, False):
+    for data_prop in (True, False) if _data_prop_is_cheap(light) else (False,):
         try:
             inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=data_prop)
         except Exception:  # noqa: BLE001 - inference is best effort; fall back to declared types
             continue
         return {**declared, **_declared_types(inferred.graph)}
     return declared
+
+
+_DATA_PROP_MAX_ELEMENTS = 1 << 20
+
+
+def _data_prop_is_cheap(light: onnx.ModelProto) -> bool:
+    """ONNX's data propagation makes one dim per element of a 1-D tensor (a Cast of a 1-D tensor
+    of 2**31 elements takes 10+ s). It is for small shape tensors, so it is skipped when a
+    declared 1-D tensor, or a value in a small integer constant (a shape), is huge."""
+    graph = light.graph
+    for info in (*graph.input, *graph.value_info, *graph.output):
+        dims = info.type.tensor_type.shape.dim
+        if len(dims) == 1 and dims[0].dim_value > _DATA_PROP_MAX_ELEMENTS:
+            return False
+    for tensor in graph.initializer:
+        if tensor.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
+            try:
+                values = numpy_helper.to_array(tensor)
+            except Exception:  # noqa: BLE001 - a malformed tensor is reported when it is imported
+                continue
+            if values.size and np.abs(values.astype(np.float64)).max() > _DATA_PROP_MAX_ELEMENTS:
+                return False
+    return True
 
 
 def _inference_model(model: onnx.ModelProto, initializers: list[_Initializer]) -> onnx.ModelProto:
@@ -409,9 +456,9 @@ def tensor_to_array(tensor: onnx.TensorProto, base_dir: str | os.PathLike | None
     Raw data is viewed, not copied. External data is read from ``base_dir`` and must lie inside
     it. Raises ``IrtoolError`` naming the tensor for anything malformed.
     """
-    dims = tuple(tensor.dims)
     dtype = _RAW_DTYPES.get(tensor.data_type)
     try:
+        dims = _checked_dims(tensor)
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             if dtype is None:
                 raise IrtoolError(f"external data of element type {tensor.data_type} is not supported")
@@ -428,10 +475,17 @@ def tensor_to_array(tensor: onnx.TensorProto, base_dir: str | os.PathLike | None
             array = numpy_helper.to_array(tensor)
     except IrtoolError as exc:
         raise IrtoolError(f"tensor '{tensor.name}' {exc.message}") from None
-    except (ValueError, TypeError) as exc:
-        raise IrtoolError(f"tensor '{tensor.name}' cannot be read: {_one_line(str(exc))}") from None
+    except (ValueError, TypeError, KeyError) as exc:  # numpy_helper: KeyError for an unknown element type
+        raise IrtoolError(f"tensor '{tensor.name}' cannot be read: {type(exc).__name__}: {_one_line(str(exc))}") from None
     array.flags.writeable = False
     return array
+
+
+def _checked_dims(tensor: onnx.TensorProto) -> tuple[int, ...]:
+    dims = tuple(tensor.dims)
+    if any(d < 0 for d in dims):
+        raise IrtoolError(f"tensor '{tensor.name}' has negative dims {list(dims)}")
+    return dims
 
 
 def _read_external(tensor: onnx.TensorProto, dtype: np.dtype, dims: tuple[int, ...], base_dir) -> np.ndarray:
@@ -453,18 +507,30 @@ def _read_external(tensor: onnx.TensorProto, dtype: np.dtype, dims: tuple[int, .
     count = math.prod(dims)
     offset = int(info.get("offset", 0))
     length = int(info.get("length", count * dtype.itemsize))
+    if offset < 0 or length < 0:
+        raise IrtoolError(f"external data '{location}' has a negative offset {offset} or length {length}")
     if length != count * dtype.itemsize:
         raise IrtoolError(f"external data length {length} does not match its shape {list(dims)}")
     if offset + length > path.stat().st_size:
         raise IrtoolError(f"external data '{location}' is shorter than offset {offset} + length {length}")
-    return np.fromfile(path, dtype=dtype, count=count, offset=offset).reshape(dims)
+    try:
+        return np.fromfile(path, dtype=dtype, count=count, offset=offset).reshape(dims)
+    except OSError as exc:
+        raise IrtoolError(f"cannot read external data '{location}': {exc.strerror or exc}") from None
+
+
+_MAX_DENSE_BYTES = 1 << 31
+"""A sparse tensor is made dense; a hostile one must not ask for terabytes."""
 
 
 def _sparse_to_array(sparse: onnx.SparseTensorProto, base_dir) -> np.ndarray:
     dims = tuple(sparse.dims)
     values = tensor_to_array(sparse.values, base_dir)
     indices = tensor_to_array(sparse.indices, base_dir).astype(np.int64)
-    dense = np.zeros(math.prod(dims), dtype=values.dtype)
+    size = math.prod(dims)
+    if any(d < 0 for d in dims) or size * values.dtype.itemsize > _MAX_DENSE_BYTES:
+        raise IrtoolError(f"sparse tensor '{sparse.values.name}' has dims {list(dims)}: negative, or too big to make dense")
+    dense = np.zeros(size, dtype=values.dtype)
     flat = indices if indices.ndim == 1 else np.ravel_multi_index(tuple(indices.T), dims)
     dense[flat] = values.reshape(-1)
     dense = dense.reshape(dims)

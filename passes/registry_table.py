@@ -13,6 +13,7 @@ BUILTIN_PASSES: dict[str, str] = {
     "fold-bn": "irtool.passes.fold_bn:FoldBatchNorm",
     "prune": "irtool.passes.prune:Prune",
     "prune-budget": "irtool.passes.budget:PruneBudget",
+    "nni-prune": "irtool.passes.nni_config:NniPrune",
     "sparsify": "irtool.passes.sparsify:Sparsify",
     "quantize": "irtool.passes.quantize:Quantize",
     "finetune": "irtool.passes.finetune:Finetune",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 from ..ir.errors import IrtoolError
@@ -28,6 +29,10 @@ COMMANDS: dict[str, str] = {
 
 def _command_module(name: str):
     return importlib.import_module(f"{__package__}.cmd_{name}")
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def build_parser(load_all: bool = True) -> argparse.ArgumentParser:
@@ -69,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    # SIGTERM (a job killed by a scheduler) unwinds like Ctrl-C, so partial outputs are removed.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return int(_command_module(args.command).run(args) or 0)
     except IrtoolError as exc:

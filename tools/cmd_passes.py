@@ -36,5 +36,8 @@ def run(args: argparse.Namespace) -> int:
     blocks += [f"{name:<12}  ({why})" for name, why in sorted(unavailable.items())]
     print("\n".join(blocks))
     print(f"\nanalyses: {', '.join(sorted(BUILTIN_ANALYSES))}")
+    from ..passes.criteria import criterion_names
+
+    print(f"criteria: {', '.join(criterion_names())}")
     print("pipeline syntax: pass,pass{option=value option=[a,b]},...")
     return 0
