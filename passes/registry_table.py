@@ -1,7 +1,7 @@
 """The names of irtool's own passes and analyses, mapped to where they are defined.
 
 Entries are ``"module:attribute"`` strings imported only when the pass is used, so the CLI's
-``--help`` stays fast and a pass still being written does not break the others. Third-party
+``--help`` stays fast and a pass whose dependencies are missing does not break the others. Third-party
 packages add passes through the ``irtool.passes`` entry-point group instead of editing this table.
 """
 
