@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,6 +34,7 @@ __all__ = [
     "parse_threads",
     "prepare_runner",
     "random_inputs",
+    "require_backend",
     "run_isolated",
     "run_request",
 ]
@@ -205,27 +207,28 @@ def run_isolated(request: BenchRequest, progress: Callable[[str], None] | None =
     threads = str(request.threads)
     env.update({"TVM_NUM_THREADS": threads, "OMP_NUM_THREADS": threads, **request.extra_env})
     command = [sys.executable, "-m", __name__]
-    with subprocess.Popen(
-        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    ) as worker:
-        assert worker.stdin is not None and worker.stdout is not None and worker.stderr is not None
-        worker.stdin.write(json.dumps(asdict(request)))
-        worker.stdin.close()
-        result = error = None
-        for line in worker.stdout:
-            try:
-                message = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            kind = message.get("event")
-            if kind in ("prepared", "round") and progress is not None:
-                progress(kind)
-            elif kind == "result":
-                result = [LatencyStats(**s) for s in message["stats"]]
-            elif kind == "error":
-                error = message["message"]
-        stderr = worker.stderr.read()
-        worker.wait()
+    # stderr goes to a file: a pipe nobody reads until the end could fill up and stall the worker.
+    with tempfile.TemporaryFile(mode="w+") as log:
+        with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env) as worker:
+            assert worker.stdin is not None and worker.stdout is not None
+            worker.stdin.write(json.dumps(asdict(request)))
+            worker.stdin.close()
+            result = error = None
+            for line in worker.stdout:
+                try:
+                    message = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                kind = message.get("event")
+                if kind in ("prepared", "round") and progress is not None:
+                    progress(kind)
+                elif kind == "result":
+                    result = [LatencyStats(**s) for s in message["stats"]]
+                elif kind == "error":
+                    error = message["message"]
+            worker.wait()
+        log.seek(0)
+        stderr = log.read()
     if error is not None:
         raise IrtoolError(error)
     if result is None:

@@ -24,7 +24,7 @@ import numpy as np
 import tvm
 from tvm import relax, s_tir, tirx
 
-__all__ = ["CpuModel", "choose_tile", "cpu_schedule_pass", "pack_panels", "pad_channels_pass", "tiles_evenly"]
+__all__ = ["CpuModel", "choose_tile", "cpu_schedule_pass", "pack_panels", "pad_channels_pass"]
 
 _CALL_TIR = tvm.ir.Op.get("relax.call_tir")
 _IF_THEN_ELSE = tvm.ir.Op.get("prim.if_then_else")
@@ -43,10 +43,14 @@ class CpuModel:
 
     @classmethod
     def of(cls, target: tvm.target.Target) -> "CpuModel":
-        keys = " ".join(str(a) for a in (target.attrs.get("mattr") or []))
-        mcpu = str(target.attrs.get("mcpu") or "")
-        wide = "avx512f" in keys or mcpu in ("skylake-avx512", "cascadelake", "icelake-server", "sapphirerapids", "znver4", "znver5")
-        return cls(lanes=16, registers=32) if wide else cls()
+        """The model for an ``llvm`` target, from the instruction set LLVM gives its ``mcpu``."""
+        from tvm.target.codegen import target_has_features
+
+        if target_has_features("avx512f", target):
+            return cls(lanes=16, registers=32)
+        if target_has_features("avx", target):
+            return cls()
+        return cls(lanes=4, registers=16)  # SSE or NEON: 128-bit vectors
 
     @property
     def accumulators(self) -> int:
@@ -54,27 +58,23 @@ class CpuModel:
         return self.registers * 3 // 4
 
 
-# -- channel counts without a good tile --------------------------------------------------------
-def tiles_evenly(n: int, lanes: int) -> bool:
-    """Whether ``n`` output channels split into register tiles that waste little: n fits one
-    tile, or a divisor of n fills at least three quarters of its vector registers."""
-    if n <= 8 * lanes:
-        return True
-    return any(n % w == 0 and w / (-(-w // lanes) * lanes) >= 0.75 for w in range(lanes, 8 * lanes + 1))
-
-
+# -- channel counts that are not whole registers ----------------------------------------------
 def pad_channels_pass(model: CpuModel) -> tvm.transform.Pass:
-    """Give convolutions and matmuls with constant weights and an awkward output-channel count
-    (pruning leaves counts like 461) zero filters up to a multiple of the vector width, and
-    slice the extra channels off their result: a tile with a bounds check runs scalar."""
+    """Round the output channels of convolutions and matmuls with constant weights up to whole
+    vector registers with zero filters, and slice the extra channels off the result.
+
+    Pruning leaves channel counts like 45 or 461; a micro-kernel tile needs a whole number of
+    registers (a tile with a bounds check, or an odd vector width, runs as scalar code). The
+    slice costs one pass over the output; the zero filters at most ``lanes - 1`` channels. A
+    depthwise convolution has its input channels padded too.
+    """
     conv2d, matmul = tvm.ir.Op.get("relax.nn.conv2d"), tvm.ir.Op.get("relax.matmul")
     lanes = model.lanes
 
-    def padded(weights: np.ndarray, axis: int) -> np.ndarray:
-        extra = -weights.shape[axis] % lanes
-        width = [(0, 0)] * weights.ndim
+    def pad_axis(array: np.ndarray, axis: int, extra: int) -> np.ndarray:
+        width = [(0, 0)] * array.ndim
         width[axis] = (0, extra)
-        return np.pad(weights, width)
+        return np.pad(array, width)
 
     @relax.expr_functor.mutator
     class Pad(relax.PyExprMutator):
@@ -83,18 +83,33 @@ def pad_channels_pass(model: CpuModel) -> tvm.transform.Pass:
             if not isinstance(call, relax.Call) or len(call.args) < 2 or not isinstance(call.args[1], tvm.ir.GenericConst):
                 return call
             weights = call.args[1].value.numpy()
-            if call.op.same_as(conv2d) and call.attrs.groups == 1 and call.attrs.kernel_layout == "OIHW":
-                axis, out_axis = 0, 1
+            data = call.args[0]
+            if call.op.same_as(conv2d) and call.attrs.kernel_layout == "OIHW" and call.attrs.data_layout == "NCHW":
+                channels, axis = weights.shape[0], 1
+                extra = -channels % lanes
+                groups = int(call.attrs.groups)
+                if not extra:
+                    return call
+                if groups == 1:
+                    attrs = call.attrs
+                elif groups == channels and weights.shape[1] == 1:  # depthwise: pad its input too
+                    width = [0] * (2 * len(call.ty.shape.values))
+                    width[2 * axis + 1] = extra
+                    data = self.builder_.emit(relax.op.nn.pad(data, width))
+                    attrs = _with_groups(call, channels + extra)
+                else:
+                    return call
+                wide = pad_axis(weights, 0, extra)
             elif call.op.same_as(matmul) and weights.ndim == 2:
-                axis, out_axis = 1, len(call.ty.shape.values) - 1
+                channels, axis = weights.shape[1], len(call.ty.shape.values) - 1
+                extra = -channels % lanes
+                if not extra:
+                    return call
+                attrs, wide = call.attrs, pad_axis(weights, 1, extra)
             else:
                 return call
-            channels = weights.shape[axis]
-            if tiles_evenly(channels, lanes):
-                return call
-            wide = padded(weights, axis)
-            wider = relax.Call(call.op, [call.args[0], relax.const(wide, dtype=str(wide.dtype))], call.attrs, call.ty_args)
-            return relax.op.strided_slice(self.builder_.emit(wider), [out_axis], [0], [channels])
+            wider = relax.Call(call.op, [data, relax.const(wide, dtype=str(wide.dtype))], attrs, call.ty_args)
+            return relax.op.strided_slice(self.builder_.emit(wider), [axis], [0], [channels])
 
     @tvm.transform.module_pass(opt_level=0, name="IrtoolPadChannels")
     def pad(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
@@ -105,6 +120,17 @@ def pad_channels_pass(model: CpuModel) -> tvm.transform.Pass:
         return mod
 
     return pad
+
+
+def _with_groups(call, groups: int):
+    """The attributes of a conv2d call with another group count."""
+    a = call.attrs
+    rebuilt = relax.op.nn.conv2d(
+        call.args[0], call.args[1], strides=a.strides, padding=a.padding, dilation=a.dilation, groups=groups,
+        data_layout=a.data_layout, kernel_layout=a.kernel_layout, out_layout=a.out_layout,
+        out_dtype=a.out_dtype if str(a.out_dtype) else None,
+    )  # fmt: skip
+    return rebuilt.attrs
 
 
 # -- the pass ----------------------------------------------------------------------------------
@@ -326,17 +352,18 @@ def _is_multiply_accumulate(sch: s_tir.Schedule, block) -> bool:
 def choose_tile(rows: int, row_last: int, n: int, k: int, model: CpuModel) -> tuple[int, int]:
     """(mr, nr): output rows x output channels one micro-kernel keeps in registers.
 
-    Both divide their extents, so no tile needs a bounds check: ``nr`` divides the channel
-    count (pruned layers have any count; 58 channels get tiles of 29, in 4 registers), and a tile
-    of ``mr`` rows covers part of one image row or whole image rows (so its input window is a
-    rectangle). Scored by the fraction of peak FMA throughput: ``acc`` independent accumulators
+    Both divide their extents, so no tile needs a bounds check. ``nr`` is a number of whole
+    vector registers, or a short power-of-two vector when ``n`` allows nothing else
+    (``pad_channels_pass`` rounds the channels of weighted layers up so it rarely has to); a tile
+    of ``mr`` rows covers part of one image row or whole image rows, so its input window is a
+    rectangle. Scored by the fraction of peak FMA throughput: ``acc`` independent accumulators
     hide FMA latency once there are 8 of them; each reduction step loads ``nr / lanes`` weight
-    vectors and broadcasts ``mr`` inputs, two loads per cycle; lanes past ``nr`` in the last
-    register are wasted. A weight panel (``k x nr``) larger than half of L2 is penalised: it must
-    stay cached while the rows stream past.
+    vectors and broadcasts ``mr`` inputs, two loads per cycle. A weight panel (``k x nr``)
+    larger than half of L2 is penalised: it must stay cached while the rows stream past.
     """
     lanes = model.lanes
-    widths = [w for w in range(1, min(n, 8 * lanes) + 1) if n % w == 0]
+    widths = [w * lanes for w in range(1, 9) if n % (w * lanes) == 0]
+    widths = widths or [next(w for w in (lanes // 2, lanes // 4, 2, 1) if w >= 1 and n % w == 0)]
     heights = [
         m
         for m in range(1, model.accumulators + 1)
@@ -353,7 +380,7 @@ def choose_tile(rows: int, row_last: int, n: int, k: int, model: CpuModel) -> tu
             efficiency = acc / (2 * cycles) * nr / (vectors * lanes)
             if k * nr * 4 > model.l2_bytes // 2:
                 efficiency *= 0.5
-            key = (round(efficiency, 3), acc, nr == 2 * lanes, nr % lanes == 0, nr)
+            key = (round(efficiency, 3), acc, nr == 2 * lanes, nr)
             if best is None or key > best[0]:
                 best = (key, mr, nr)
     return best[1], best[2]

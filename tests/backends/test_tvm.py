@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from irtool.backends.onnx import onnx_bytes, run_onnxruntime
 from irtool.backends.tvm import compile_graph, load_compiled
-from irtool.backends.tvm_schedule import CpuModel, choose_tile, pack_panels, tiles_evenly
+from irtool.backends.tvm_schedule import CpuModel, choose_tile, pack_panels
 from irtool.frontends.onnx import load_onnx
 from irtool.ir.core import Graph
 from irtool.ir.errors import IrtoolError
@@ -128,14 +128,32 @@ def test_tile_choice_fills_the_registers_and_divides_the_loops():
     assert choose_tile(rows=56 * 56, row_last=56, n=64, k=576, model=avx2) == (4, 16)
     mr, nr = choose_tile(rows=49, row_last=7, n=512, k=4608, model=avx2)
     assert 49 % mr == 0 and 512 % nr == 0 and mr * nr // 8 >= 7  # enough accumulators to hide latency
-    mr, nr = choose_tile(rows=1, row_last=1, n=1000, k=2048, model=avx2)  # a GEMV row
-    assert mr == 1 and 1000 % nr == 0 and -(-nr // 8) >= 6
-    assert choose_tile(rows=56 * 56, row_last=56, n=58, k=522, model=avx2)[1] == 29  # a pruned layer
+    assert choose_tile(rows=1, row_last=1, n=1000, k=2048, model=avx2) == (1, 40)  # a GEMV row: 5 registers
+    assert choose_tile(rows=56 * 56, row_last=56, n=58, k=522, model=avx2)[1] == 2  # no whole register fits
 
 
-def test_channel_counts_without_an_even_tile_are_padded():
-    assert tiles_evenly(58, 8) and tiles_evenly(1843, 8) and tiles_evenly(61, 8)  # 29 | 58, 19 | 1843, 61 <= 64
-    assert not tiles_evenly(461, 8) and not tiles_evenly(922, 8)  # prime, twice a prime
+def test_pruned_channel_counts_are_padded_to_whole_registers():
+    """45 output channels run as 48 (zero filters), then the 3 extra are sliced off."""
+    import tvm
+    from tvm import relax
+
+    from irtool.backends.tvm import to_relax
+    from irtool.backends.tvm_schedule import pad_channels_pass
+
+    graph = Graph("g")
+    x = graph.add_input("x", TensorType(DType.float32, (1, 5, 8, 8)))
+    w = graph.add_constant("w", np.ones((45, 5, 3, 3), np.float32))
+    dw = graph.add_constant("dw", np.ones((45, 1, 3, 3), np.float32))
+    conv = graph.add_node("Conv", [x, w], {"pads": [1, 1, 1, 1]})
+    depthwise = graph.add_node("Conv", [conv.outputs[0], dw], {"group": 45, "pads": [1, 1, 1, 1]})
+    graph.outputs.append(depthwise.outputs[0])
+    padded = pad_channels_pass(CpuModel())(to_relax(graph))
+    calls = []
+    relax.analysis.post_order_visit(padded["main"], lambda e: calls.append(e) if isinstance(e, relax.Call) else None)
+    convs = [c for c in calls if c.op.same_as(tvm.ir.Op.get("relax.nn.conv2d"))]
+    assert [[int(d) for d in c.args[1].ty.shape.values] for c in convs] == [[48, 5, 3, 3], [48, 1, 3, 3]]
+    assert convs[1].attrs.groups == 48
+    assert sum(c.op.same_as(tvm.ir.Op.get("relax.strided_slice")) for c in calls) == 2
 
 
 def test_weight_panels_are_contiguous_tiles_of_the_last_axis():
