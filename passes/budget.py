@@ -71,8 +71,15 @@ class _Cost:
         return sum(self.layer_cost(i, self.works[i].fraction(keep, self.channels)) for i in self.touching.get(gid, ()))
 
 
-def _group_loss(group: ChannelGroup, criterion: str, seed: int, sensitivity: Sensitivity | None) -> Callable[[int], float]:
-    """``loss(removed)``: what the group loses when its ``removed`` least important channels go."""
+def _group_loss(
+    group: ChannelGroup, criterion: str, seed: int, sensitivity: Sensitivity | None, weight: float = 1.0
+) -> Callable[[int], float]:
+    """``loss(removed)``: what the group loses when its ``removed`` least important channels go.
+
+    Without measured sensitivity, the loss is the group's ``weight`` (its share of the model's
+    MACs) times the importance it gives up: a group carrying a tenth of the model's work is worth
+    a tenth, not as much as every other group, so the chooser keeps work where it is cheap to
+    run and cuts it where it is slow."""
     if sensitivity is not None and group.id in sensitivity:
         xs, ys = zip(*sorted(sensitivity[group.id]))
         xs, ys = (0.0, *xs), (0.0, *ys)
@@ -86,7 +93,7 @@ def _group_loss(group: ChannelGroup, criterion: str, seed: int, sensitivity: Sen
         # growing without bound as the group empties, so no group (a narrow bottleneck
         # above all) is cut to nothing for a small saving.
         kept = max(1.0 - cumulative[removed] / total, 1e-12)
-        return -math.log(kept)
+        return -weight * math.log(kept)
 
     return loss
 
@@ -122,7 +129,9 @@ def choose_channels(
         cost = _Cost(works, channels, lambda i, f: works[i].macs * f)
         target = resolve_target(target_macs, cost.total({}), "")
     groups = [g for g in analysis.groups if g.prunable and g.id in cost.touching]
-    loss = {g.id: _group_loss(g, criterion, seed, sensitivity) for g in groups}
+    group_macs = {g.id: sum(cost.works[i].macs for i in cost.touching[g.id]) for g in groups}
+    total_macs = max(sum(w.macs for w in cost.works), 1)
+    loss = {g.id: _group_loss(g, criterion, seed, sensitivity, group_macs[g.id] / total_macs) for g in groups}
     floor = {g.id: min(g.channels, max(min_channels, round_to)) for g in groups}
     keep = {g.id: g.channels for g in groups}
     current = cost.total(keep)
