@@ -82,6 +82,46 @@ ChannelRule = Callable[["Node", Port, int], ChannelEffect]  # noqa: F821
 ShapeRule = Callable[["Node"], Sequence["TensorType | None"]]  # noqa: F821
 CostRule = Callable[["Node"], int]  # noqa: F821
 RetargetRule = Callable[["Node"], None]  # noqa: F821
+BoundRule = Callable[["Node"], "float | None"]  # noqa: F821
+
+
+@dataclass(frozen=True)
+class WeightLayout:
+    """Where a layer's weight (input 1) keeps its output channels: what int8 quantization gives
+    a scale each and what batch-norm folding multiplies.
+
+    ``axis(node, w)`` is the axis with one entry per output channel, or None when the channels
+    do not lie along one axis (a grouped transposed conv, a transposed ``A``). ``scale(node, w,
+    s)`` is ``w`` with output channel ``c`` multiplied by ``s[c]``, or None when that cannot be
+    done; without one, scaling goes along ``axis``.
+    """
+
+    axis: Callable[["Node", Any], "int | None"]  # noqa: F821
+    scale: Callable[["Node", Any, Any], Any] | None = None  # noqa: F821
+
+    def scaled(self, node, w, s):
+        """``w`` with output channel ``c`` times ``s[c]``, or None."""
+        if self.scale is not None:
+            return self.scale(node, w, s)
+        axis = self.axis(node, w)
+        if axis is None or w.shape[axis] != s.size:
+            return None
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        return w * s.reshape(shape)
+
+
+INT8_FORMS = ("layer", "layer-float", "select", "own-range", "clamp")
+"""How onnxruntime's int8 kernels treat an op (``OpDef.int8``):
+
+- ``layer``: an int8 kernel over an int8 weight (QLinearConv);
+- ``layer-float``: the same, and it can also return float (QGemm, MatMulIntegerToFloat);
+- ``select``: outputs values taken from the input (max pooling, reshapes, slices), so they keep
+  the input's scale;
+- ``own-range``: computes new int8 values with their own scale (Add, Mul, Concat, average pooling);
+- ``clamp``: bounds values (Relu, Clip); absorbed into the layer before it when the bound is 0.
+
+Ops without a form read dequantized floats."""
 
 
 @dataclass
@@ -100,7 +140,17 @@ class OpDef:
     domain: str = ""
     label: str = ""
     """Short layer kind for reports, e.g. ``conv``, ``linear``, ``bn``."""
+    weight: WeightLayout | None = None
+    """For layers with a weight at input 1: where its output channels lie."""
+    int8: str = ""
+    """One of ``INT8_FORMS``, or empty: how onnxruntime's int8 kernels treat the op."""
+    lower_bound: BoundRule | None = None
+    """For clamps: the least value the output takes (None from the rule: not a constant)."""
     doc: str = ""
+
+    def __post_init__(self) -> None:
+        if self.int8 and self.int8 not in INT8_FORMS:
+            raise IrtoolError(f"op {self.name}: int8 form '{self.int8}' is not one of {', '.join(INT8_FORMS)}")
 
     @property
     def qualified_name(self) -> str:

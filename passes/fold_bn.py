@@ -2,14 +2,14 @@
 
 ``bn(x) = s * x + t`` per channel, with ``s = gamma / sqrt(var + eps)`` and
 ``t = beta - mean * s``. When ``x`` is a conv/linear output used only by the BN, scaling the
-layer's weight along its output-channel axis by ``s`` and setting its bias to ``s * b + t``
-computes the same thing without the BN. A BN that follows anything else is left as it is.
+layer's weight along its output channels (``OpDef.weight`` says where they lie) by ``s`` and
+setting its bias to ``s * b + t`` computes the same thing without the BN. A BN that follows
+anything else is left as it is.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,45 +21,6 @@ from .base import Pass, PassContext, PassResult, release_name
 BN_LABEL = "bn"
 WEIGHT_INPUT = 1
 BIAS_INPUT = 2
-
-ScaleWeight = Callable[[Node, OpDef, np.ndarray, np.ndarray], "np.ndarray | None"]
-
-
-def _scale_conv(node: Node, opdef: OpDef, w: np.ndarray, s: np.ndarray) -> np.ndarray | None:
-    if w.ndim < 2 or w.shape[0] != s.size:
-        return None
-    return w * s.reshape((-1,) + (1,) * (w.ndim - 1))
-
-
-def _scale_conv_transpose(node: Node, opdef: OpDef, w: np.ndarray, s: np.ndarray) -> np.ndarray | None:
-    # Weight is (C_in, C_out / group, k...); output channel of group g, column j is g * C_out/group + j.
-    group = int(opdef.attr(node, "group")) if "group" in opdef.attrs else 1
-    if w.ndim < 2 or w.shape[0] % group or w.shape[1] * group != s.size:
-        return None
-    spatial = (1,) * (w.ndim - 2)
-    blocks = w.reshape((group, w.shape[0] // group) + w.shape[1:])
-    return (blocks * s.reshape((group, 1, w.shape[1]) + spatial)).reshape(w.shape)
-
-
-def _scale_linear(node: Node, opdef: OpDef, w: np.ndarray, s: np.ndarray) -> np.ndarray | None:
-    # Y = alpha * A @ B + beta * C; a beta other than 1 would need the bias rescaled: left alone.
-    if "beta" in opdef.attrs and float(opdef.attr(node, "beta")) != 1.0:
-        return None
-    transposed = bool(opdef.attr(node, "transB")) if "transB" in opdef.attrs else False
-    if w.ndim != 2 or w.shape[0 if transposed else 1] != s.size:
-        return None
-    return w * (s[:, None] if transposed else s[None, :])
-
-
-FOLDABLE_LAYERS: dict[str, ScaleWeight] = {
-    "conv": _scale_conv,
-    "deconv": _scale_conv_transpose,
-    "linear": _scale_linear,
-}
-"""Layer kinds (``OpDef.label``) with a per-output-channel weight at input 1 and bias at input 2.
-
-The registry would carry this as an ``OpDef`` field (the output-channel axis of the weight);
-until it does, the knowledge is keyed by label here, not by op name."""
 
 
 @dataclass
@@ -99,7 +60,7 @@ def _plan(bn: Node) -> _Plan | None:
     x = bn.inputs[0]
     layer = x.producer
     layer_def = opdef_of(layer) if layer is not None else None
-    if layer_def is None or layer_def.label not in FOLDABLE_LAYERS or x.index != 0:
+    if layer_def is None or layer_def.weight is None or x.index != 0:
         return None
     if x.is_graph_output or len(x.uses) != 1 or len(layer_def.inputs) <= BIAS_INPUT:
         return None
@@ -111,7 +72,7 @@ def _plan(bn: Node) -> _Plan | None:
         return None
     scale, shift = affine
     # The weight is scaled in its own precision (float64 would quadruple the memory traffic).
-    new_weight = FOLDABLE_LAYERS[layer_def.label](layer, layer_def, weight, scale.astype(weight.dtype))
+    new_weight = layer_def.weight.scaled(layer, weight, scale.astype(weight.dtype))
     if new_weight is None:
         return None
     has_bias = BIAS_INPUT < len(layer.inputs) and layer.inputs[BIAS_INPUT] is not None

@@ -1,9 +1,9 @@
 """The ``quantize`` pass: post-training int8 in QDQ form, fixed-point Qm.n, or int8 weights only.
 
 ``mode=int8`` (the default) is static post-training quantization as onnxruntime runs it
-fastest: every conv/linear/matmul layer (``OpDef.label``) reads an int8 weight, symmetric per
-output channel, through a ``DequantizeLinear``, and an int32 bias scaled by input scale times
-weight scale; the activations around it get ``QuantizeLinear -> DequantizeLinear`` pairs with
+fastest: every conv/linear/matmul layer (``OpDef.weight``, ``OpDef.int8``) reads an int8
+weight, symmetric per output channel, through a ``DequantizeLinear``, and an int32 bias scaled
+by input scale times weight scale; the activations around it get ``QuantizeLinear -> DequantizeLinear`` pairs with
 per-tensor scales from calibration (asymmetric uint8 by default, or symmetric int8). Around the
 layers, the tensors stay quantized where onnxruntime has an int8 kernel, so it fuses the whole
 chain (QLinearConv, QLinearAdd, QLinearGlobalAveragePool, uint8 MaxPool, QGemm):
@@ -33,7 +33,7 @@ import json
 import platform
 import re
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -42,7 +42,7 @@ import numpy as np
 
 from ..ir.core import Graph, Node, Value
 from ..ir.errors import IrtoolError
-from ..ir.registry import OpDef, opdef_of
+from ..ir.registry import opdef_of
 from ..ir.types import DType, TensorType
 from .base import Pass, PassContext, PassResult
 from .calibration import CALIBRATORS, calibration_feeds, choose_range, observe
@@ -55,41 +55,6 @@ INT32_LIMIT = 2**31 - 1
 
 
 # -- layers with weights -----------------------------------------------------------------------
-WeightAxis = Callable[[Node, OpDef, np.ndarray], "int | None"]
-
-
-def _conv_axis(node: Node, opdef: OpDef, w: np.ndarray) -> int | None:
-    return 0 if w.ndim >= 3 else None
-
-
-def _deconv_axis(node: Node, opdef: OpDef, w: np.ndarray) -> int | None:
-    # Weight (C_in, C_out / group, k...): per output channel only when there is one group.
-    return 1 if w.ndim >= 3 and int(opdef.attr(node, "group")) == 1 else None
-
-
-def _gemm_axis(node: Node, opdef: OpDef, w: np.ndarray) -> int | None:
-    plain = all(float(opdef.attr(node, k)) == 1.0 for k in ("alpha", "beta")) and not int(opdef.attr(node, "transA"))
-    if not plain or w.ndim != 2:
-        return None
-    return 0 if int(opdef.attr(node, "transB")) else 1
-
-
-def _matmul_axis(node: Node, opdef: OpDef, w: np.ndarray) -> int | None:
-    two_operands = len(opdef.inputs) == 2 and not any(p.endswith("*") for p in opdef.inputs)
-    return w.ndim - 1 if two_operands and w.ndim >= 2 else None
-
-
-WEIGHT_AXIS: dict[str, WeightAxis] = {
-    "conv": _conv_axis,
-    "deconv": _deconv_axis,
-    "linear": _gemm_axis,
-    "matmul": _matmul_axis,
-}
-"""Compute layer kinds (``OpDef.label``) whose input 1 is a weight, and its output-channel axis.
-
-Like ``fold_bn``'s table this belongs on ``OpDef`` (the weight's output-channel axis); until the
-registry carries it, it is keyed by label here, not by op name."""
-
 BIAS_INPUT = 2
 
 
@@ -118,13 +83,13 @@ def find_layers(graph: Graph) -> list[Layer]:
     layers = []
     for node in graph.nodes:
         opdef = opdef_of(node)
-        rule = WEIGHT_AXIS.get(opdef.label) if opdef is not None else None
-        if rule is None or len(node.inputs) < 2 or not is_activation(node.inputs[0]):
+        layout = opdef.weight if opdef is not None and opdef.int8 in ("layer", "layer-float") else None
+        if layout is None or len(node.inputs) < 2 or not is_activation(node.inputs[0]):
             continue
         weight = node.inputs[1]
         if weight is None or weight.const is None or weight.const.dtype != np.float32:
             continue
-        axis = rule(node, opdef, weight.const)
+        axis = layout.axis(node, weight.const)
         if axis is None:
             continue
         channels = weight.const.shape[axis]
@@ -301,54 +266,19 @@ def is_quantized(graph: Graph) -> bool:
 
 # -- int8: where the Q/DQ pairs go ----------------------------------------------------------------
 SELECT, OWN_RANGE, CLAMP = "select", "own-range", "clamp"
-
-INT8_FORMS_BY_LABEL: dict[str, str] = {
-    "reshape": SELECT,
-    "transpose": SELECT,
-    "split": SELECT,
-    "resize": SELECT,
-    "pad": SELECT,
-    "concat": OWN_RANGE,
-}
-INT8_FORMS_BY_OP: dict[str, str] = {
-    "MaxPool": SELECT,
-    "GlobalMaxPool": SELECT,
-    "AveragePool": OWN_RANGE,
-    "GlobalAveragePool": OWN_RANGE,
-    "Add": OWN_RANGE,
-    "Mul": OWN_RANGE,
-}
-"""How a non-layer op keeps a tensor quantized in onnxruntime: labels first, then the ops their
-label does not decide (a ``pool`` may select or average; of the ``math`` ops only Add and Mul
-have int8 kernels). Ops not listed read dequantized floats."""
-
-
-def _clip_low(node: Node) -> float | None:
-    low = node.inputs[1] if len(node.inputs) > 1 else None
-    if low is None:
-        return -np.inf
-    return float(low.const.reshape(-1)[0]) if low.const is not None and low.const.size == 1 else None
-
-
-CLAMP_LOW: dict[str, Callable[[Node], "float | None"]] = {
-    "Relu": lambda node: 0.0,
-    "Clip": _clip_low,
-}
-"""Clamping activations and their lower bound (None: not a constant). One with bound 0 right
-after a layer is absorbed into the layer's uint8 output; elsewhere a clamp is a select op."""
-
-FLOAT_OUTPUT_LABELS = frozenset({"linear", "matmul"})
-"""Layer kinds whose int8 kernel can return float (onnxruntime's QGemm, MatMulIntegerToFloat):
-their output is quantized only when an int8 consumer reads it, so logits stay float."""
+"""The ``OpDef.int8`` forms (``ir.registry.INT8_FORMS``) that decide where Q/DQ pairs go."""
 
 
 def _int8_form(node: Node) -> str | None:
     opdef = opdef_of(node)
     if opdef is None or node.domain:
         return None
-    if node.op in CLAMP_LOW:
-        return CLAMP
-    return INT8_FORMS_BY_OP.get(node.op) or INT8_FORMS_BY_LABEL.get(opdef.label)
+    return opdef.int8 or None
+
+
+def _lower_bound(node: Node) -> float | None:
+    opdef = opdef_of(node)
+    return opdef.lower_bound(node) if opdef is not None and opdef.lower_bound is not None else None
 
 
 def _two_activation_matmul(node: Node) -> bool:
@@ -399,7 +329,7 @@ class _Int8Plan:
         if not self.unsigned or value.is_graph_output or len(value.uses) != 1:
             return None
         node, index = value.uses[0]
-        if index != 0 or _int8_form(node) != CLAMP or CLAMP_LOW[node.op](node) != 0.0:
+        if index != 0 or _int8_form(node) != CLAMP or _lower_bound(node) != 0.0:
             return None
         out = node.outputs[0]
         return node if is_activation(out) and not out.is_graph_output else None
@@ -422,7 +352,7 @@ class _Int8Plan:
         if node in self._layer_nodes:
             self._own_range(node.inputs[0])
             out = node.outputs[0]
-            float_output = opdef_of(node).label in FLOAT_OUTPUT_LABELS
+            float_output = opdef_of(node).int8 == "layer-float"  # QGemm and MatMulIntegerToFloat can return float
             if not float_output or self._absorbing_clamp(out) or any(self._reads_int8(u) for u in out.users):
                 self._quantize_output(out)
         elif form == OWN_RANGE or _two_activation_matmul(node):

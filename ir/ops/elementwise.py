@@ -145,16 +145,38 @@ def _prelu_shape(node):
     return [itype(node, 0)]
 
 
+def _clip_lower_bound(node):
+    low = node.inputs[1] if len(node.inputs) > 1 else None
+    if low is None:
+        return -np.inf
+    return float(low.const.reshape(-1)[0]) if low.const is not None and low.const.size == 1 else None
+
+
+CLAMPS = {"Relu": lambda node: 0.0}
+"""Activations that only bound their input from below, with the bound."""
+
 for _name, _attrs in ACTIVATIONS.items():
-    define(_name, *_unary_ports(_name), attrs=_attrs, shape=same_as(0), label="act")
+    _bound = CLAMPS.get(_name)
+    define(
+        _name,
+        *_unary_ports(_name),
+        attrs=_attrs,
+        shape=same_as(0),
+        label="act",
+        int8="clamp" if _bound else "",
+        lower_bound=_bound,
+    )
 define("PRelu", "X slope", shape=_prelu_shape, label="act")
-define("Clip", "input min? max?", "output", shape=same_as(0), label="act")
+define("Clip", "input min? max?", "output", shape=same_as(0), label="act", int8="clamp", lower_bound=_clip_lower_bound)
 
 for _name, _fn in UNARY_MATH.items():
     define(_name, *_unary_ports(_name), shape=_unary(_fn), label="math")
 
+INT8_ARITHMETIC = ("Add", "Mul")
+"""Arithmetic with int8 kernels in onnxruntime (QLinearAdd, QLinearMul)."""
+
 for _name, (_ins, _out, _fn) in ARITHMETIC.items():
-    define(_name, _ins, _out, shape=broadcasting(_fn), label="math")
+    define(_name, _ins, _out, shape=broadcasting(_fn), label="math", int8="own-range" if _name in INT8_ARITHMETIC else "")
 define("Mod", "A B", "C", attrs={"fmod": Attr("int", 0)}, shape=broadcasting(), label="math")
 
 for _name, _fn in COMPARISONS.items():

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from ..registry import Attr, get_op
+from ..registry import Attr, WeightLayout, get_op
 from ..types import DType
 from .rules import (
     attr,
@@ -94,8 +94,37 @@ def _conv_transpose_cost(node):
     return None if total is None or w is None or not all(map(is_int, w)) else total * math.prod(w[1:])
 
 
+def _conv_weight_axis(node, w):
+    # Weight (C_out, C_in / group, k...).
+    return 0 if w.ndim >= 3 else None
+
+
+def _conv_transpose_weight_axis(node, w):
+    # Weight (C_in, C_out / group, k...): the output channels lie along one axis only with one group.
+    return 1 if w.ndim >= 3 and int(attr(node, "group")) == 1 else None
+
+
+def _scale_conv_transpose(node, w, s):
+    # Output channel of group g, column j is g * C_out/group + j.
+    group = int(attr(node, "group"))
+    if w.ndim < 2 or w.shape[0] % group or w.shape[1] * group != s.size:
+        return None
+    spatial = (1,) * (w.ndim - 2)
+    blocks = w.reshape((group, w.shape[0] // group) + w.shape[1:])
+    return (blocks * s.reshape((group, 1, w.shape[1]) + spatial)).reshape(w.shape)
+
+
 _CONV_ATTRS = {**window_attrs(), "group": Attr("int", 1)}
-define("Conv", "X W B?", attrs=_CONV_ATTRS, shape=_conv_shape, cost=_conv_cost, label="conv")
+define(
+    "Conv",
+    "X W B?",
+    attrs=_CONV_ATTRS,
+    shape=_conv_shape,
+    cost=_conv_cost,
+    label="conv",
+    weight=WeightLayout(_conv_weight_axis),
+    int8="layer",
+)
 define(
     "ConvTranspose",
     "X W B?",
@@ -103,6 +132,8 @@ define(
     shape=_conv_transpose_shape,
     cost=_conv_transpose_cost,
     label="deconv",
+    weight=WeightLayout(_conv_transpose_weight_axis, _scale_conv_transpose),
+    int8="layer",
 )
 
 
@@ -184,6 +215,26 @@ def _einsum_cost(node):
     return math.prod(sizes.values())
 
 
+def _gemm_weight_axis(node, w):
+    # Only a plain A @ B + C: alpha, beta and a transposed A would change what int8 scales mean.
+    plain = float(attr(node, "alpha")) == 1.0 and float(attr(node, "beta")) == 1.0 and not int(attr(node, "transA"))
+    if not plain or w.ndim != 2:
+        return None
+    return 0 if int(attr(node, "transB")) else 1
+
+
+def _scale_gemm(node, w, s):
+    # Y = alpha * A @ B + beta * C; a beta other than 1 would need the bias rescaled: left alone.
+    transposed = bool(attr(node, "transB"))
+    if float(attr(node, "beta")) != 1.0 or w.ndim != 2 or w.shape[0 if transposed else 1] != s.size:
+        return None
+    return w * (s[:, None] if transposed else s[None, :])
+
+
+def _matmul_weight_axis(node, w):
+    return w.ndim - 1 if w.ndim >= 2 else None
+
+
 define(
     "Gemm",
     "A B C?",
@@ -196,8 +247,18 @@ define(
     shape=_gemm_shape,
     cost=_gemm_cost,
     label="linear",
+    weight=WeightLayout(_gemm_weight_axis, _scale_gemm),
+    int8="layer-float",
 )
-define("MatMul", "A B", shape=_matmul_shape, cost=_matmul_cost, label="matmul")
+define(
+    "MatMul",
+    "A B",
+    shape=_matmul_shape,
+    cost=_matmul_cost,
+    label="matmul",
+    weight=WeightLayout(_matmul_weight_axis),
+    int8="layer-float",
+)
 define(
     "Einsum",
     "Inputs*",
@@ -232,6 +293,7 @@ define(
     attrs={**_POOL_ATTRS, "storage_order": Attr("int", 0)},
     shape=_pool_shape,
     label="pool",
+    int8="select",
 )
 _AVERAGE_POOL_ATTRS = {k: v for k, v in _POOL_ATTRS.items() if k != "dilations"}
 define(
@@ -240,10 +302,11 @@ define(
     attrs={**_AVERAGE_POOL_ATTRS, "count_include_pad": Attr("int", 0)},
     shape=_pool_shape,
     label="pool",
+    int8="own-range",
 )
 define("LpPool", "X", attrs={**_POOL_ATTRS, "p": Attr("int", 2)}, shape=_pool_shape, label="pool")
-for _name in ("GlobalAveragePool", "GlobalMaxPool"):
-    define(_name, "X", shape=_global_pool_shape, label="pool")
+define("GlobalAveragePool", "X", shape=_global_pool_shape, label="pool", int8="own-range")
+define("GlobalMaxPool", "X", shape=_global_pool_shape, label="pool", int8="select")
 define("GlobalLpPool", "X", attrs={"p": Attr("int", 2)}, shape=_global_pool_shape, label="pool")
 
 

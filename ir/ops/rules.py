@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import IrtoolError
-from ..registry import Attr, OpDef, get_op, register_op
+from ..registry import Attr, OpDef, WeightLayout, get_op, register_op
 from ..types import Dim, DType, TensorType
 
 MAX_TRACKED_ELEMENTS = 1024
@@ -43,6 +43,9 @@ def define(
     shape=None,
     cost=None,
     label: str = "",
+    weight: WeightLayout | None = None,
+    int8: str = "",
+    lower_bound=None,
     doc: str = "",
 ) -> OpDef:
     """Register an op; ports are written as in the ONNX spec, space separated: ``"X W B?"``."""
@@ -55,6 +58,9 @@ def define(
             shape=shape,
             cost=cost,
             label=label,
+            weight=weight,
+            int8=int8,
+            lower_bound=lower_bound,
             doc=doc,
         )
     )

@@ -152,11 +152,11 @@ def _depth_to_space(node, inverse: bool):
     return [like(node, (n, c // (b * b) if is_int(c) else None, *[d * b if is_int(d) else None for d in (h, w)]))]
 
 
-define("Reshape", "data shape", "reshaped", attrs={"allowzero": Attr("int", 0)}, shape=_reshape_shape, label="reshape")
-define("Flatten", "input", "output", attrs={"axis": Attr("int", 1)}, shape=_flatten_shape, label="reshape")
-define("Squeeze", "data axes?", "squeezed", shape=_squeeze_shape, label="reshape")
-define("Unsqueeze", "data axes", "expanded", shape=_unsqueeze_shape, label="reshape")
-define("Transpose", "data", "transposed", attrs={"perm": Attr("ints", None)}, shape=_transpose_shape, label="transpose")
+define("Reshape", "data shape", "reshaped", attrs={"allowzero": Attr("int", 0)}, shape=_reshape_shape, label="reshape", int8="select")
+define("Flatten", "input", "output", attrs={"axis": Attr("int", 1)}, shape=_flatten_shape, label="reshape", int8="select")
+define("Squeeze", "data axes?", "squeezed", shape=_squeeze_shape, label="reshape", int8="select")
+define("Unsqueeze", "data axes", "expanded", shape=_unsqueeze_shape, label="reshape", int8="select")
+define("Transpose", "data", "transposed", attrs={"perm": Attr("ints", None)}, shape=_transpose_shape, label="transpose", int8="select")
 define(
     "DepthToSpace",
     "input",
@@ -164,6 +164,7 @@ define(
     attrs={"blocksize": Attr("int"), "mode": Attr("string", "DCR")},
     shape=lambda node: _depth_to_space(node, inverse=False),
     label="reshape",
+    int8="select",
 )
 define(
     "SpaceToDepth",
@@ -172,6 +173,7 @@ define(
     attrs={"blocksize": Attr("int")},
     shape=lambda node: _depth_to_space(node, inverse=True),
     label="reshape",
+    int8="select",
 )
 
 
@@ -327,7 +329,7 @@ def _resize_shape(node):
     return [like(node, out)]
 
 
-define("Concat", "inputs*", "concat_result", attrs={"axis": Attr("int")}, shape=_concat_shape, label="concat")
+define("Concat", "inputs*", "concat_result", attrs={"axis": Attr("int")}, shape=_concat_shape, label="concat", int8="own-range")
 define(
     "Split",
     "input split?",
@@ -335,8 +337,9 @@ define(
     attrs={"axis": Attr("int", 0), "num_outputs": Attr("int", None)},
     shape=_split_shape,
     label="split",
+    int8="select",
 )
-define("Slice", "data starts ends axes? steps?", "output", shape=_slice_shape, label="split")
+define("Slice", "data starts ends axes? steps?", "output", shape=_slice_shape, label="split", int8="select")
 define("Gather", "data indices", "output", attrs={"axis": Attr("int", 0)}, shape=_gather_shape, label="gather")
 define(
     "GatherElements",
@@ -357,7 +360,7 @@ define(
 define("ScatterND", "data indices updates", "output", attrs={"reduction": Attr("string", "none")}, shape=same_as(0), label="gather")
 define("Tile", "input repeats", "output", shape=_tile_shape, label="expand")
 define("Expand", "input shape", "output", shape=_expand_shape, label="expand")
-define("Pad", "data pads constant_value? axes?", "output", attrs={"mode": Attr("string", "constant")}, shape=_pad_shape, label="pad")
+define("Pad", "data pads constant_value? axes?", "output", attrs={"mode": Attr("string", "constant")}, shape=_pad_shape, label="pad", int8="select")
 define(
     "Resize",
     "X roi? scales? sizes?",
@@ -374,6 +377,7 @@ define(
     },
     shape=_resize_shape,
     label="resize",
+    int8="select",
 )
 
 
