@@ -1,14 +1,15 @@
 """Real speedup against MAC reduction: ResNet-50 and MobileNetV2 pruned at sparsity 0 to 0.7.
 
-For each model the zoo's ONNX export is pruned with the ``prune`` pass at every sparsity, and
-all variants are timed together (interleaved, ``backends/bench.py``) on each backend and thread
+For each model the zoo's ONNX export is pruned with the ``prune`` pass at every sparsity and
+channel multiple (``round-to``: runtimes run blocked layouts, so counts that are not multiples
+of the block lose speed), and all variants are timed together (interleaved, ``backends/bench.py``) on each backend and thread
 count, so each speedup is measured in the same run as its unpruned model. Writes one CSV row
-per (model, sparsity, backend, threads) and a plot of speedup against MAC reduction, where the
+per (model, sparsity, round-to, backend, threads) and a plot of speedup against MAC reduction, where the
 diagonal is a speedup equal to the MAC reduction.
 
 Run from the repository root:
-``python tools/bench_sweep.py [--models resnet50,mobilenet_v2] [--size 224] [--backend ort,tvm]
-[--threads 1,2] [--out bench_sweep]``
+``python tools/bench_sweep.py [--models resnet50,mobilenet_v2] [--size 224] [--round-to 1,8]
+[--backend ort,tvm] [--threads 1,2] [--out bench_sweep]``
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 SPARSITIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 FIELDS = (
-    "model", "sparsity", "backend", "threads", "macs", "mac_reduction",
+    "model", "sparsity", "round_to", "backend", "threads", "macs", "mac_reduction",
     "median_ms", "p10_ms", "p90_ms", "speedup", "speedup_per_mac_reduction",
 )  # fmt: skip
 
@@ -30,6 +31,7 @@ FIELDS = (
 @dataclass
 class Variant:
     sparsity: float
+    round_to: int
     path: str
     macs: int
 
@@ -43,21 +45,22 @@ def _zoo():
     return export_onnx
 
 
-def prune_variants(model: str, size: int, sparsities: list[float], folder: Path) -> list[Variant]:
-    """The model at each sparsity, as ONNX files, with their MACs."""
+def prune_variants(model: str, size: int, sparsities: list[float], round_tos: list[int], folder: Path) -> list[Variant]:
+    """The unpruned model, then the model at each sparsity and channel multiple, as ONNX files with their MACs."""
     from irtool.backends.onnx import save_onnx
     from irtool.frontends.onnx import load_onnx
     from irtool.passes.base import PassContext, PassManager
     from irtool.passes.cost import graph_cost
 
     source = _zoo()(model, folder / f"{model}.onnx", input_shape=(1, 3, size, size))
-    variants = []
-    for sparsity in sparsities:
-        graph = load_onnx(source)
-        if sparsity > 0:
-            graph = PassManager(f"prune{{sparsity={sparsity}}}").run(graph, PassContext()).graph
-        path = save_onnx(graph, folder / f"{model}_s{int(round(sparsity * 100)):02d}.onnx")
-        variants.append(Variant(sparsity, str(path), graph_cost(graph).macs))
+    unpruned = load_onnx(source)
+    variants = [Variant(0.0, 1, str(source), graph_cost(unpruned).macs)]
+    for round_to in round_tos:
+        for sparsity in (s for s in sparsities if s > 0):
+            spec = f"prune{{sparsity={sparsity} round-to={round_to}}}"
+            graph = PassManager(spec).run(load_onnx(source), PassContext()).graph
+            path = save_onnx(graph, folder / f"{model}_s{int(round(sparsity * 100)):02d}_r{round_to}.onnx")
+            variants.append(Variant(sparsity, round_to, str(path), graph_cost(graph).macs))
     return variants
 
 
@@ -72,7 +75,9 @@ def sweep(args) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="irtool-sweep-") as folder:
         for model in args.models.split(","):
-            variants = prune_variants(model, args.size, [float(s) for s in args.sparsities.split(",")], Path(folder))
+            sparsities = [float(s) for s in args.sparsities.split(",")]
+            round_tos = [int(r) for r in args.round_to.split(",")]
+            variants = prune_variants(model, args.size, sparsities, round_tos, Path(folder))
             requests = [
                 BenchRequest(b, t, [v.path for v in variants], warmup=args.warmup, runs=args.runs, rounds=args.rounds)
                 for b in backends
@@ -86,13 +91,13 @@ def sweep(args) -> list[dict]:
                     reduction = base_macs / variant.macs
                     speedup = base / s.median
                     rows.append({
-                        "model": model, "sparsity": variant.sparsity, "backend": request.backend,
+                        "model": model, "sparsity": variant.sparsity, "round_to": variant.round_to, "backend": request.backend,
                         "threads": request.threads, "macs": variant.macs, "mac_reduction": round(reduction, 4),
                         "median_ms": round(s.median, 3), "p10_ms": round(s.p10, 3), "p90_ms": round(s.p90, 3),
                         "speedup": round(speedup, 4), "speedup_per_mac_reduction": round(speedup / reduction, 4),
                     })  # fmt: skip
                     print(
-                        f"{model} s={variant.sparsity:.1f} {request.backend} x{request.threads}: "
+                        f"{model} s={variant.sparsity:.1f} r={variant.round_to} {request.backend} x{request.threads}: "
                         f"{s.median:8.2f} ms  MACs /{reduction:.2f}  speedup {speedup:.2f}  ({speedup / reduction:.2f} of MACs)",
                         flush=True,
                     )
@@ -123,15 +128,18 @@ def plot(rows: list[dict], path: Path) -> None:
     top = max([r["mac_reduction"] for r in rows] + [r["speedup"] for r in rows] + [1.0]) * 1.05
     axes.plot([1, top], [1, top], color="grey", linestyle="--", linewidth=1, label="speedup = MAC reduction")
     series: dict[tuple, list[dict]] = {}
+    round_tos = sorted({r["round_to"] for r in rows if r["sparsity"] > 0})
     for row in rows:
-        series.setdefault((row["model"], row["backend"], row["threads"]), []).append(row)
-    for (model, backend, threads), points in series.items():
+        for round_to in round_tos if row["sparsity"] == 0 else [row["round_to"]]:  # the unpruned point starts every curve
+            series.setdefault((row["model"], row["backend"], row["threads"], round_to), []).append(row)
+    for (model, backend, threads, round_to), points in series.items():
         points.sort(key=lambda r: r["mac_reduction"])
         axes.plot(
             [p["mac_reduction"] for p in points],
             [p["speedup"] for p in points],
             marker="o" if backend == "ort" else "s",
-            label=f"{model} {backend} x{threads}",
+            linestyle="-" if round_to == round_tos[-1] else ":",
+            label=f"{model} {backend} x{threads}" + (f" round-to {round_to}" if len(round_tos) > 1 else ""),
         )
     axes.set_xlabel("MAC reduction (unpruned MACs / pruned MACs)")
     axes.set_ylabel("measured speedup (unpruned latency / pruned latency)")
@@ -148,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="resnet50,mobilenet_v2", help="zoo models (default resnet50,mobilenet_v2)")
     parser.add_argument("--size", type=int, default=224, help="input height and width (default 224)")
     parser.add_argument("--sparsities", default=",".join(str(s) for s in SPARSITIES), help="comma-separated, 0 first")
+    parser.add_argument("--round-to", default="1,8", help="comma-separated channel multiples pruned to (default 1,8)")
     parser.add_argument("--backend", default="ort,tvm", help="comma-separated backends (default ort,tvm)")
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     parser.add_argument("--runs", type=int, default=20, help="timed runs per variant (default 20)")
