@@ -78,6 +78,26 @@ class ChannelEffect:
     barrier: str | None = None
 
 
+@dataclass
+class ChannelChoice(ChannelEffect):
+    """Channels at an axis group whose one side has several axes (a reshape that splits or
+    merges axes): only one of those axes can carry the channels.
+
+    Splitting a 576-wide axis into ``(3, heads, 64)`` could make channels of the qkv blocks, of
+    the heads or of the head dims; each alone gives a valid pruning, two at once couple every
+    position. All arrivals at the same group of one node share ``key``. An arrival on the
+    several-axes side is a request for its axis (``candidate``, its index among the candidates,
+    0 the outermost) with ``options == [tie to the single side]``; an arrival on the single
+    side offers ``options[k]``, a tie to candidate k. The analysis grants the outermost
+    requested candidate (a request for another one blocks its channels there), or the
+    outermost candidate when only the single side is reached.
+    """
+
+    options: list[Tie] = field(default_factory=list)
+    key: tuple = ()
+    candidate: int | None = None
+
+
 ChannelRule = Callable[["Node", Port, int], ChannelEffect]  # noqa: F821
 ShapeRule = Callable[["Node"], Sequence["TensorType | None"]]  # noqa: F821
 CostRule = Callable[["Node"], int]  # noqa: F821

@@ -25,8 +25,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ..ir.core import Graph, Node, Value
-from ..ir.ops.channels import ChannelChoice, iota
-from ..ir.registry import ChannelEffect, Port, opdef_of
+from ..ir.ops.channels import iota
+from ..ir.registry import ChannelChoice, ChannelEffect, Port, opdef_of
 
 SlotKey = tuple[str, int]
 """A slot by value name and axis: stable across copies of a graph."""

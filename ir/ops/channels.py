@@ -19,11 +19,10 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..registry import ChannelEffect, Port, Tie, lookup
+from ..registry import ChannelChoice, ChannelEffect, Port, Tie, lookup
 from .rules import is_int
 
 FOLD_HINT = "run const-fold first"
@@ -31,26 +30,6 @@ FOLD_HINT = "run const-fold first"
 
 REMOVED_META = "removed_channels"
 """Node meta written by the prune pass for retarget rules: ``{port: {axis: removed positions}}``."""
-
-
-@dataclass
-class ChannelChoice(ChannelEffect):
-    """Channels at an axis group whose one side has several axes (a reshape that splits or
-    merges axes): only one of those axes can carry the channels.
-
-    Splitting a 576-wide axis into ``(3, heads, 64)`` could make channels of the qkv blocks, of
-    the heads or of the head dims; each alone gives a valid pruning, two at once couple every
-    position. All arrivals at the same group of one node share ``key``. An arrival on the
-    several-axes side is a request for its axis (``candidate``, its index among the candidates,
-    0 the outermost) with ``options == [tie to the single side]``; an arrival on the single
-    side offers ``options[k]``, a tie to candidate k. The analysis grants the outermost
-    requested candidate (a request for another one blocks its channels there), or the
-    outermost candidate when only the single side is reached.
-    """
-
-    options: list[Tie] = field(default_factory=list)
-    key: tuple = ()
-    candidate: int | None = None
 
 
 # -- reading a node -------------------------------------------------------------------------

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from irtool.ir import DType, Graph, TensorType
-from irtool.ir.ops.channels import CHANNEL_RULES, RETARGET_RULES, ChannelChoice, axis_groups
+from irtool.ir.ops.channels import CHANNEL_RULES, RETARGET_RULES, axis_groups
+from irtool.ir.registry import ChannelChoice
 from irtool.ir.registry import lookup
 from irtool.ir.shapes import infer_shapes
 
