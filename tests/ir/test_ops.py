@@ -427,3 +427,58 @@ def test_recurrent_costs_match_hand_counts():
 def test_ops_without_macs_have_no_cost_rule():
     for op in ("Relu", "Add", "BatchNormalization", "MaxPool", "GlobalAveragePool", "Softmax", "Reshape"):
         assert get_op(op).cost is None, op
+
+
+# -- weight layouts and int8 forms ------------------------------------------------------------
+def _one_layer(op: str, w: np.ndarray, x_shape, attrs) -> tuple[Graph, np.ndarray]:
+    graph = Graph("layer")
+    x = graph.add_input("x", TensorType(DType.float32, x_shape))
+    node = graph.add_node(op, [x, graph.add_constant("w", w)], attrs)
+    graph.outputs = list(node.outputs)
+    infer_shapes(graph)
+    return graph, RNG.standard_normal(x_shape).astype(F32)
+
+
+@pytest.mark.parametrize(
+    "op, w_shape, x_shape, attrs",
+    [
+        ("Conv", (6, 2, 3, 3), (1, 4, 5, 5), {"group": 2}),
+        ("ConvTranspose", (4, 3, 2, 2), (1, 4, 3, 3), {"group": 2}),
+        ("ConvTranspose", (4, 6, 2, 2), (1, 4, 3, 3), {}),
+        ("Gemm", (5, 3), (2, 3), {"transB": 1, "alpha": 0.5}),
+        ("Gemm", (3, 5), (2, 3), {}),
+    ],
+)
+def test_scaling_a_weight_along_its_output_channels_scales_the_layer_output(op, w_shape, x_shape, attrs):
+    from irtool.backends.onnx import run_onnxruntime
+
+    w = RNG.standard_normal(w_shape).astype(F32)
+    graph, x = _one_layer(op, w, x_shape, attrs)
+    (y,) = run_onnxruntime(graph, [x])
+    s = RNG.uniform(0.5, 2.0, y.shape[1]).astype(F32)
+    scaled = get_op(op).weight.scaled(graph.nodes[0], w, s)
+    graph.nodes[0].inputs[1].const = scaled
+    (got,) = run_onnxruntime(graph, [x])
+    expected = y * s.reshape((1, -1) + (1,) * (y.ndim - 2))
+    assert np.abs(got - expected).max() < 1e-5
+
+
+def test_int8_forms_and_bounds_are_declared_where_onnxruntime_has_int8_kernels():
+    from irtool.ir.registry import INT8_FORMS
+
+    forms = {d.name: d.int8 for d in all_ops() if d.int8}
+    assert set(forms.values()) <= set(INT8_FORMS)
+    assert forms["Conv"] == "layer" and forms["Gemm"] == "layer-float" and forms["MaxPool"] == "select"
+    assert forms["Add"] == forms["Concat"] == forms["GlobalAveragePool"] == "own-range"
+    assert "Sub" not in forms and "LeakyRelu" not in forms
+    relu, clip = get_op("Relu"), get_op("Clip")
+    graph = Graph("clamp")
+    x = graph.add_input("x", TensorType(DType.float32, (4,)))
+    low = graph.add_constant("low", np.array(-1.5, F32))
+    assert relu.lower_bound(graph.add_node("Relu", [x])) == 0.0
+    assert clip.lower_bound(graph.add_node("Clip", [x, low])) == -1.5
+    assert clip.lower_bound(graph.add_node("Clip", [x])) == -np.inf
+    with pytest.raises(IrtoolError, match="int8 form 'fast'"):
+        from irtool.ir.registry import OpDef
+
+        OpDef("Fancy", int8="fast")
