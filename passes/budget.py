@@ -1,35 +1,48 @@
 """Pruning to a budget: per-group channel counts that reach a MAC or latency target while
-removing the least importance, and the ``prune-budget`` pass that applies them.
+removing the least importance. The ``prune`` pass calls ``choose_to_budget`` when it is given
+``target-macs`` or ``target-latency`` instead of a sparsity.
 
 The chooser is greedy in the manner of NetAdapt: at each step every prunable group proposes
 removing its next few least important channels, and the group that gives up the least
 (normalised) importance per unit of cost saved wins. Cost is MACs (exact for the layers'
 cost rules, which are linear in each independent channel slot) or the latency model's
 prediction. The last step is shortened so the target is reached with the fewest channels.
+
+A latency target is then closed on the measured latency: the pruned model is timed against the
+unpruned one, and when it misses the target by more than the tolerance the target handed to
+the chooser is corrected by the measured/predicted ratio at that operating point and the
+channels are chosen again (a few rounds at most). The model predicts relative changes well
+but a runtime's fused kernels and layouts shift the absolute point; one correction removes it.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from functools import partial
 
 import numpy as np
 
 from ..ir.core import Graph
 from ..ir.errors import IrtoolError
-from ..ir.shapes import infer_shapes
-from .base import Pass, PassContext, PassResult, register_pass
 from .criteria import importance
 from .dependency import ChannelAnalysis, ChannelGroup
 from .latency import LatencyModel, LayerWork, build_latency_model, compare_ms, layer_work, session_call
+from .sensitivity import Sensitivity, load_sensitivity
 
 STEPS_PER_GROUP = 16
 """A greedy step removes about 1/16 of a group's channels (at least round-to)."""
 
-Sensitivity = Mapping[int, list[tuple[float, float]]]
-"""Group id -> (sparsity, output deviation) points, sparsity ascending, from ``analyze``."""
+LATENCY_ROUNDS = 3
+"""Choices (the first and its corrections) a latency target gets at most."""
+
+LATENCY_TOLERANCE = 0.05
+"""A measured latency within this fraction of the target needs no correction."""
+
+_QUIET = logging.getLogger("irtool.budget.measure")
+_QUIET.propagate = False
 
 
 def resolve_target(value: float | str, full: float, unit: str) -> float:
@@ -38,15 +51,17 @@ def resolve_target(value: float | str, full: float, unit: str) -> float:
     text = str(value).strip().lower()
     try:
         if text.endswith("%"):
-            return full * float(text[:-1]) / 100
-        if unit and text.endswith(unit):
-            return float(text[: -len(unit)])
-        number = float(text)
+            number, scale = float(text[:-1]) / 100, full
+        elif unit and text.endswith(unit):
+            number, scale = float(text[: -len(unit)]), 1.0
+        else:
+            number = float(text)
+            scale = full if number <= 1 else 1.0
     except ValueError:
-        raise IrtoolError(f"target '{value}' is not a fraction, a percentage or an amount like 3.5{unit}", where="prune-budget") from None
-    if number <= 0:
-        raise IrtoolError(f"target '{value}' must be positive", where="prune-budget")
-    return full * number if number <= 1 else number
+        raise IrtoolError(f"target '{value}' is not a fraction, a percentage or an amount like 3.5{unit}", where="prune") from None
+    if not number > 0:
+        raise IrtoolError(f"target '{value}' must be positive", where="prune")
+    return number * scale
 
 
 @dataclass
@@ -110,17 +125,19 @@ def choose_channels(
     min_channels: int = 1,
     sensitivity: Sensitivity | None = None,
     seed: int = 0,
+    exclude_groups: Collection[int] = (),
 ) -> dict[int, int]:
     """Channels to keep per prunable group id so the graph's MACs (or predicted latency) reach
-    the target; a target is absolute or a fraction of the unpruned cost (see ``resolve_target``)."""
+    the target; a target is absolute or a fraction of the unpruned cost (see ``resolve_target``).
+    Groups in ``exclude_groups`` keep all their channels."""
     if (target_macs is None) == (target_latency is None):
-        raise IrtoolError("give exactly one of target-macs and target-latency", where="prune-budget")
+        raise IrtoolError("give exactly one of target-macs and target-latency", where="prune")
     if round_to < 1 or min_channels < 1:
-        raise IrtoolError(f"round-to {round_to} and min-channels {min_channels} must be at least 1", where="prune-budget")
+        raise IrtoolError(f"round-to {round_to} and min-channels {min_channels} must be at least 1", where="prune")
     channels = {g.id: g.channels for g in analysis.groups}
     if target_latency is not None:
         if latency_model is None:
-            raise IrtoolError("target-latency needs a latency model", where="prune-budget")
+            raise IrtoolError("target-latency needs a latency model", where="prune")
         layers, scale = latency_model.layers, latency_model.scale
         cost = _Cost([l.work for l in layers], channels, lambda i, f: scale * layers[i].ms(f), latency_model.overhead_ms)
         target = resolve_target(target_latency, latency_model.predict(), "ms")
@@ -128,7 +145,7 @@ def choose_channels(
         works = layer_work(analysis)
         cost = _Cost(works, channels, lambda i, f: works[i].macs * f)
         target = resolve_target(target_macs, cost.total({}), "")
-    groups = [g for g in analysis.groups if g.prunable and g.id in cost.touching]
+    groups = [g for g in analysis.groups if g.prunable and g.id in cost.touching and g.id not in exclude_groups]
     group_macs = {g.id: sum(cost.works[i].macs for i in cost.touching[g.id]) for g in groups}
     total_macs = max(sum(w.macs for w in cost.works), 1)
     loss = {g.id: _group_loss(g, criterion, seed, sensitivity, group_macs[g.id] / total_macs) for g in groups}
@@ -153,7 +170,7 @@ def choose_channels(
                 best = (ratio, gid, step, before)
         if best is None:
             raise IrtoolError(
-                f"cannot reach the target: the least reachable cost is {current:.4g} (target {target:.4g})", where="prune-budget"
+                f"cannot reach the target: the least reachable cost is {current:.4g} (target {target:.4g})", where="prune"
             )
         _, gid, step, before = best
         for shorter in range(round_to, step, round_to):
@@ -176,68 +193,176 @@ def keep_selector(keep: Mapping[int, int]):
     return select
 
 
-@register_pass
+
+# -- the prune pass's targets -------------------------------------------------------------------
 @dataclass(frozen=True)
-class PruneBudget(Pass):
-    """Prune to a MAC or latency target, choosing each group's channel count (NetAdapt-style).
+class Budget:
+    """A MAC or latency target (fractions like ``0.5``/``50%``, or ``3.5ms``, ``2e8`` MACs) and
+    what the choice depends on; the budget part of the ``prune`` pass's options."""
 
-    Targets are a fraction (``0.5``, ``50%``) of the unpruned model or absolute (``3.5ms``,
-    ``2e8`` MACs). A latency target builds (or reuses from the cache) the latency model on the
-    backend and thread count, then measures the pruned model and logs predicted vs measured.
-    """
+    target_macs: str = ""
+    target_latency: str = ""
+    backend: str = "ort"
+    threads: int = 1
+    sensitivity: str = ""
+    criterion: str = "l1"
+    round_to: int = 0
+    """A channel multiple; 0: the latency model's measured one for a latency target, else 1."""
+    min_channels: int = 1
+    seed: int = 0
 
-    name = "prune-budget"
-    target_macs: str = field(default="", metadata={"help": "MACs to reach: a fraction (0.5, 50%) or a count"})
-    target_latency: str = field(default="", metadata={"help": "latency to reach: a fraction (0.5, 50%) or ms (3.5ms)"})
-    backend: Literal["ort", "tvm"] = field(default="ort", metadata={"help": "backend the latency is measured on"})
-    threads: int = field(default=1, metadata={"help": "thread count the latency is measured at"})
-    criterion: str = field(default="l1", metadata={"help": "channel importance: l1, l2, fpgm, random, bn-scale or a plug-in"})
-    round_to: int = field(default=0, metadata={"help": "keep channel counts a multiple of this; 0: measured for target-latency, else 1"})
-    min_channels: int = field(default=1, metadata={"help": "channels every group keeps at least"})
+    @property
+    def active(self) -> bool:
+        return bool(self.target_macs or self.target_latency)
 
-    def __post_init__(self) -> None:
-        if bool(self.target_macs) == bool(self.target_latency):
-            raise IrtoolError("give exactly one of target-macs and target-latency", where="prune-budget")
-        if self.target_latency and self.backend != "ort":
-            raise IrtoolError(f"backend '{self.backend}' has no latency model yet; use ort", where="prune-budget")
-        if self.threads < 1 or self.round_to < 0:
-            raise IrtoolError("threads must be at least 1 and round-to at least 0", where="prune-budget")
-
-    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        from .const_fold import ConstantFold
-        from .prune import PruneConfig, prune_graph
-
-        infer_shapes(graph)
-        if ConstantFold().run(graph, ctx).modified:
-            infer_shapes(graph)
-        ctx.invalidate()
-        analysis = ctx.analysis("channels", graph)
-        model = None
-        round_to = self.round_to or 1
+    def validate(self) -> None:
+        if self.target_macs and self.target_latency:
+            raise IrtoolError("give one of target-macs and target-latency, not both", where="prune")
+        if self.target_macs:
+            resolve_target(self.target_macs, 1.0, "")
         if self.target_latency:
-            model = build_latency_model(
-                graph, analysis, backend=self.backend, threads=self.threads, probe_alignment=self.round_to == 0, round_to=round_to
-            )
-            round_to = self.round_to or model.round_to
-        keep = choose_channels(
-            graph,
-            analysis,
-            target_macs=self.target_macs or None,
-            target_latency=self.target_latency or None,
-            latency_model=model,
-            criterion=self.criterion,
-            round_to=round_to,
-            min_channels=self.min_channels,
+            resolve_target(self.target_latency, 1.0, "ms")
+        if self.threads < 1 or self.round_to < 0:
+            raise IrtoolError(f"threads {self.threads} must be at least 1 and round-to {self.round_to} at least 0", where="prune")
+        if self.sensitivity and not self.active:
+            raise IrtoolError("sensitivity steers a target: give target-macs or target-latency", where="prune")
+        if (self.backend, self.threads) != ("ort", 1) and not self.target_latency:
+            raise IrtoolError("backend and threads say where target-latency is measured: give target-latency", where="prune")
+
+
+@dataclass
+class LatencyRound:
+    """One choice of the closed loop: the chooser's target, the prediction and the measurement."""
+
+    chooser_ms: float
+    keep: dict[int, int]
+    predicted_ms: float
+    unpruned_ms: float
+    measured_ms: float
+    goal_ms: float
+    """The target in measured terms (a fraction applies to the unpruned latency measured beside)."""
+
+    @property
+    def miss(self) -> float:
+        """Measured over goal, less one: +0.08 is 8% slower than the target."""
+        return self.measured_ms / self.goal_ms - 1
+
+    def line(self, number: int, full_predicted: float) -> str:
+        return (
+            f"latency round {number}: chooser target {self.chooser_ms:.3f} ms, predicted {self.predicted_ms:.3f} ms, "
+            f"measured {self.measured_ms:.3f} ms of unpruned {self.unpruned_ms:.3f} ms (goal {self.goal_ms:.3f} ms, "
+            f"{self.miss:+.1%}); speedup predicted {full_predicted / self.predicted_ms:.2f}x, "
+            f"measured {self.unpruned_ms / self.measured_ms:.2f}x"
         )
-        predicted = model.predict(keep) if model is not None else None
-        unpruned = session_call(graph, backend=self.backend, threads=self.threads) if model is not None else None
-        config = PruneConfig(sparsity=0.0, criterion=self.criterion, min_channels=1)
-        report = prune_graph(graph, config, select=keep_selector(keep), analysis=analysis, logger=ctx.logger)
-        log = [*report.lines, *report.summary()]
-        if model is not None:
-            before, after = compare_ms([unpruned, session_call(graph, backend=self.backend, threads=self.threads)])
-            log.append(
-                f"latency: unpruned {before:.3f} ms, predicted {predicted:.3f} ms (of {model.predict():.3f}), "
-                f"measured {after:.3f} ms; speedup {before / after:.2f}x, round-to {round_to}"
-            )
-        return PassResult(graph, report.changed, log)
+
+
+@dataclass
+class BudgetChoice:
+    """Channels to keep per group id, the multiple they were rounded to, and for a latency
+    target the model, every round of the loop and the one kept."""
+
+    keep: dict[int, int]
+    round_to: int
+    model: LatencyModel | None = None
+    rounds: list[LatencyRound] = field(default_factory=list)
+    final: LatencyRound | None = None
+    log: list[str] = field(default_factory=list)
+
+
+def choose_to_budget(
+    graph: Graph,
+    analysis: ChannelAnalysis,
+    budget: Budget,
+    *,
+    latency_model: LatencyModel | None = None,
+    exclude_groups: Collection[int] = (),
+    max_rounds: int = LATENCY_ROUNDS,
+    tolerance: float = LATENCY_TOLERANCE,
+) -> BudgetChoice:
+    """Channels to keep for ``budget``'s target in the prepared ``graph`` (left unchanged).
+
+    A latency target builds (or takes) the latency model on the budget's backend and threads,
+    and closes the loop on measured latency (see the module docstring); the result is the round
+    measured closest to the target without being more than ``tolerance`` above it, if any."""
+    budget.validate()
+    if not budget.active:
+        raise IrtoolError("a budget needs target-macs or target-latency", where="prune")
+    sensitivity = load_sensitivity(budget.sensitivity, analysis) if budget.sensitivity else None
+    choose = partial(
+        choose_channels, graph, analysis, criterion=budget.criterion, min_channels=budget.min_channels,
+        sensitivity=sensitivity, seed=budget.seed, exclude_groups=exclude_groups,
+    )
+    if budget.target_macs:
+        round_to = budget.round_to or 1
+        return BudgetChoice(choose(target_macs=budget.target_macs, round_to=round_to), round_to)
+    model = latency_model or build_latency_model(
+        graph, analysis, backend=budget.backend, threads=budget.threads,
+        probe_alignment=budget.round_to == 0, round_to=budget.round_to or 1,
+    )
+    built = [] if latency_model is not None else model.format().splitlines()
+    if (model.backend, model.threads) != (budget.backend, budget.threads):
+        raise IrtoolError(
+            f"the latency model is of {model.backend} at {model.threads} thread(s), the target of "
+            f"{budget.backend} at {budget.threads}", where="prune",
+        )
+    round_to = budget.round_to or model.round_to
+    choice = BudgetChoice({}, round_to, model, log=built)
+    _close_the_loop(graph, budget, choice, partial(choose, latency_model=model, round_to=round_to), max_rounds, tolerance)
+    return choice
+
+
+def _close_the_loop(graph: Graph, budget: Budget, choice: BudgetChoice, choose, max_rounds: int, tolerance: float) -> None:
+    """Choose, prune a copy, measure it beside the unpruned model; correct and repeat."""
+    model = choice.model
+    full = model.predict()
+    unpruned = session_call(graph, backend=budget.backend, threads=budget.threads)
+    chooser_ms = resolve_target(budget.target_latency, full, "ms")
+    while len(choice.rounds) < max_rounds:
+        try:
+            # an absolute amount in ms: a bare number <= 1 would read as a fraction
+            keep = choose(target_latency=f"{float(chooser_ms)!r}ms")
+        except IrtoolError as exc:
+            if not choice.rounds:
+                raise
+            choice.log.append(f"latency round {len(choice.rounds) + 1}: corrected target {chooser_ms:.3f} ms: {exc}")
+            break
+        if any(r.keep == keep for r in choice.rounds):
+            choice.log.append(f"latency round {len(choice.rounds) + 1}: corrected target {chooser_ms:.3f} ms chose the same channels again")
+            break
+        pruned = session_call(_pruned_copy(graph, keep), backend=budget.backend, threads=budget.threads)
+        base, after = compare_ms([unpruned, pruned])
+        goal = resolve_target(budget.target_latency, base, "ms")
+        measured = LatencyRound(chooser_ms, keep, model.predict(keep), base, after, goal)
+        choice.rounds.append(measured)
+        choice.log.append(measured.line(len(choice.rounds), full))
+        if abs(measured.miss) <= tolerance:
+            break
+        chooser_ms = goal * measured.predicted_ms / measured.measured_ms
+    best = closest_round(choice.rounds, tolerance)
+    choice.keep, choice.final = best.keep, best
+    choice.log.append(
+        f"latency: unpruned {best.unpruned_ms:.3f} ms, predicted {best.predicted_ms:.3f} ms (of {full:.3f}), "
+        f"measured {best.measured_ms:.3f} ms; speedup {best.unpruned_ms / best.measured_ms:.2f}x "
+        f"(target {best.unpruned_ms / best.goal_ms:.2f}x), round {choice.rounds.index(best) + 1} of {len(choice.rounds)}, "
+        f"round-to {choice.round_to}"
+    )
+
+
+def closest_round(rounds: list[LatencyRound], tolerance: float = LATENCY_TOLERANCE) -> LatencyRound:
+    """The round measured closest to its goal among those at most ``tolerance`` above it, or
+    the closest of all when every round is slower than that: a target is a bound more than a goal."""
+    within = [r for r in rounds if r.miss <= tolerance]
+    return min(within or rounds, key=lambda r: abs(r.miss))
+
+
+def _pruned_copy(graph: Graph, keep: Mapping[int, int]) -> Graph:
+    """A copy of ``graph`` with group ``g`` cut to ``keep[g]`` channels. Which channels go does
+    not change the latency, so the plain l1 criterion picks them (data criteria would rerun the
+    model for nothing)."""
+    from .dependency import analyze_channels
+    from .oracle import copy_graph
+    from .prune import PruneConfig, prune_graph
+
+    copy = copy_graph(graph)
+    prune_graph(copy, PruneConfig(sparsity=0.0), select=keep_selector(keep), analysis=analyze_channels(copy), logger=_QUIET)
+    return copy

@@ -2,9 +2,10 @@
 
 Each weighted layer (a node with MACs and a weight of two or more dimensions: conv, linear,
 depthwise conv) is cut out of the graph as a one-node model, shrunk to a few channel fractions
-with the prune pass's own removal machinery, and timed on the backend at a pinned thread
-count. A layer's latency is then interpolated over its *relative work*: the product, over its
-independent channel slots, of the fraction of positions kept. The whole model's predicted
+with the prune pass's own removal machinery, and timed on the backend (onnxruntime, or
+irtool's TVM backend) at a pinned thread count. A layer's latency is then interpolated over
+its *relative work*: the product, over its independent channel slots, of the fraction of
+positions kept. The whole model's predicted
 latency is a constant overhead (the runtime's per-run cost, timed on a model that does
 nothing) plus the layers' sum times a scale that maps it onto the measured whole model (the
 glue ops between layers shrink with them, so they are proportional, not constant). When the
@@ -203,23 +204,36 @@ def measure_graph_ms(graph: Graph, *, backend: str = "ort", threads: int = 1, ru
     """Latency in ms of one inference of ``graph`` on random inputs: the 10th percentile,
     which on a shared machine is the quiet-machine latency (load there comes in bursts that
     double the median for a while)."""
+    return call_ms(session_call(graph, backend=backend, threads=threads), runs=runs, warmup=warmup)
+
+
+def call_ms(call, *, runs: int = 10, warmup: int = 3) -> float:
+    """``measure_graph_ms`` of a ``session_call`` already made (a TVM one costs a compile)."""
     from ..backends.bench import measure_latency
 
-    call = session_call(graph, backend=backend, threads=threads)
     return measure_latency(lambda _: call(), None, warmup=warmup, runs=runs).p10
 
 
 def session_call(graph: Graph, *, backend: str = "ort", threads: int = 1, seed: int = 0):
-    """A zero-argument call running one inference of ``graph`` (a snapshot: later edits of
-    the graph do not change it)."""
-    if backend != "ort":
-        raise IrtoolError(f"latency model on backend '{backend}' is not supported; use ort", where="latency")
+    """A zero-argument call running one inference of ``graph`` on ``backend`` (``ort`` or
+    ``tvm``, compiled by irtool's TVM backend); a snapshot: later edits of the graph do not
+    change it."""
     from ..backends.bench import random_inputs
-    from ..backends.onnx import make_session
 
-    session = make_session(graph, threads=threads)
-    feeds = {i.name: x for i, x in zip(session.get_inputs(), random_inputs(graph, seed))}
-    return lambda: session.run(None, feeds)
+    inputs = random_inputs(graph, seed)
+    if backend == "ort":
+        from ..backends.onnx import make_session
+
+        session = make_session(graph, threads=threads)
+        feeds = {i.name: x for i, x in zip(session.get_inputs(), inputs)}
+        return lambda: session.run(None, feeds)
+    if backend == "tvm":
+        from ..backends.tvm import compile_graph
+
+        compiled = compile_graph(graph, threads=threads)
+        tensors = compiled.prepare(inputs)
+        return lambda: compiled.run_tensors(tensors)
+    raise IrtoolError(f"backend '{backend}' has no latency model; choose ort or tvm", where="latency")
 
 
 def compare_ms(calls, *, runs: int = 30, rounds: int = 5) -> list[float]:
@@ -363,7 +377,8 @@ def build_latency_model(
     With ``probe_alignment`` the channel multiple to round to is measured first (see
     ``alignment_probe``) and replaces ``round_to``; layers are timed at multiples of it."""
     table = table or LatencyTable(backend, threads, runs=runs)
-    whole = [measure_graph_ms(graph, backend=backend, threads=threads, runs=max(runs, 20))]
+    call = session_call(graph, backend=backend, threads=threads)
+    whole = call_ms(call, runs=max(runs, 20))
     samples = alignment_probe(graph, backend=backend, threads=threads) if probe_alignment else []
     alignment = alignment_profile(samples) if samples else {}
     round_to = best_alignment(alignment) if samples else max(round_to, 1)
@@ -384,7 +399,7 @@ def build_latency_model(
         layers.append(LayerLatency(work, list(zip(xs, np.maximum.accumulate(ys).tolist()))))
     # the quieter of two measurements, before and after the layers: load on a shared machine
     # comes in bursts, and a burst would land in the overhead
-    measured = min(*whole, measure_graph_ms(graph, backend=backend, threads=threads, runs=max(runs, 20)))
+    measured = min(whole, call_ms(call, runs=max(runs, 20)))
     model = LatencyModel(backend, threads, layers, channels, measured, 0.0)
     layers_ms = model.layer_sum()
     model.overhead_ms = min(table.run_overhead(), measured)

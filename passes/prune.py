@@ -20,6 +20,7 @@ import json
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
@@ -31,6 +32,7 @@ from ..ir.ops.channels import FOLD_HINT, REMOVED_META
 from ..ir.registry import opdef_of
 from ..ir.shapes import infer_shapes
 from .base import Pass, PassContext, PassResult, register_pass
+from .budget import Budget, choose_to_budget, keep_selector
 from .const_fold import ConstantFold
 from .cost import Cost, format_comparison, graph_cost
 from .criteria import get_criterion, importance
@@ -515,6 +517,9 @@ def prune_graph(
     return report
 
 
+DEFAULT_SPARSITY = 0.5
+
+
 @register_pass
 @dataclass(frozen=True)
 class Prune(Pass):
@@ -524,26 +529,42 @@ class Prune(Pass):
     (a source name such as ``layer4.1.conv1`` or ``layer3.*``) their own sparsity; the last
     matching entry wins, and ``sparsity=0 layers=[layer4.1.conv1:0.2]`` prunes that layer's
     group alone. ``exclude=[...]`` leaves alone the groups produced by matching layers or op types.
+
+    ``target-latency`` (``0.5``, ``50%`` of the unpruned, or ``3.5ms``) or ``target-macs``
+    replaces the sparsity: each group's channel count is chosen to reach the target
+    (``passes/budget.py``), a latency target on the measured latency of ``backend`` at ``threads``.
     """
 
     name = "prune"
-    sparsity: float = field(default=0.5, metadata={"help": "fraction of each group's channels to remove, in [0, 1)"})
+    sparsity: float = field(default=DEFAULT_SPARSITY, metadata={"help": "fraction of each group's channels to remove, in [0, 1)"})
     layers: tuple[str, ...] = field(
         default=(), metadata={"help": "sparsity of the groups these layers produce, last match wins: [layer4.1.conv1:0.2,layer3.*:0.3]"}
     )
     criterion: str = field(default="l1", metadata={"help": "channel importance: l1, l2, fpgm, random, bn-scale or a plug-in"})
     scope: Literal["local", "global"] = field(default="local", metadata={"help": "rank channels within each group, or across groups"})
-    round_to: int = field(default=1, metadata={"help": "keep channel counts a multiple of this"})
+    round_to: int = field(default=0, metadata={"help": "keep channel counts a multiple of this; 0: measured for target-latency, else 1"})
     min_channels: int = field(default=1, metadata={"help": "channels every group keeps at least"})
     exclude: tuple[str, ...] = field(default=(), metadata={"help": "layers (names, globs) or op types whose groups stay whole"})
     mode: Literal["remove", "mask"] = field(default="remove", metadata={"help": "remove channels, or zero them (for training with masks)"})
     seed: int = field(default=0, metadata={"help": "seed of the random criterion"})
+    target_latency: str = field(default="", metadata={"help": "latency to reach instead of a sparsity: a fraction (0.5, 50%) or ms (3.5ms)"})
+    target_macs: str = field(default="", metadata={"help": "MACs to reach instead of a sparsity: a fraction (0.5, 50%) or a count"})
+    backend: Literal["ort", "tvm"] = field(default="ort", metadata={"help": "backend target-latency is measured on"})
+    threads: int = field(default=1, metadata={"help": "thread count target-latency is measured at"})
+    sensitivity: str = field(default="", metadata={"help": "JSON from 'irtool analyze --sensitivity --json' steering a target's choice"})
 
     def __post_init__(self) -> None:
         self.config().validate()
+        self.budget().validate()
+        if self.budget().active and (self.sparsity != DEFAULT_SPARSITY or self.layers or self.scope != "local"):
+            raise IrtoolError("a target chooses every group's channel count: give it without sparsity, layers or scope", where="prune")
 
     def config(self) -> PruneConfig:
-        return PruneConfig(**{f.name: getattr(self, f.name) for f in fields(PruneConfig)})
+        values = {f.name: getattr(self, f.name) for f in fields(PruneConfig)}
+        return PruneConfig(**{**values, "round_to": self.round_to or 1})
+
+    def budget(self) -> Budget:
+        return Budget(**{f.name: getattr(self, f.name) for f in fields(Budget)})
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         # Exporters compute reshape targets at run time (Shape -> Gather -> Concat); with
@@ -555,5 +576,21 @@ class Prune(Pass):
         if filled or folded:
             ctx.invalidate()
         analysis = ctx.analysis("channels", graph)
-        report = prune_graph(graph, self.config(), analysis=analysis, logger=ctx.logger)
-        return PassResult(graph, report.changed, [*report.lines, *report.summary()])
+        config, select, budget_log = self.config(), None, []
+        with _criteria_data(ctx.data):
+            if self.budget().active:
+                _check_patterns(graph, list(self.exclude), "exclude pattern")
+                excluded = {g.id for g in analysis.groups if any(_names_group(g, p) for p in self.exclude)}
+                choice = choose_to_budget(graph, analysis, self.budget(), exclude_groups=excluded)
+                config, select, budget_log = replace(config, sparsity=0.0), keep_selector(choice.keep), choice.log
+            report = prune_graph(graph, config, select=select, analysis=analysis, logger=ctx.logger)
+        return PassResult(graph, report.changed, [*report.lines, *report.summary(), *budget_log])
+
+
+def _criteria_data(data):
+    """The pipeline's data (``opt --data``, the Python API) for the data-driven criteria."""
+    if data is None:
+        return nullcontext()
+    from .criteria_data import using_data
+
+    return using_data(data)

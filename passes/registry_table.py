@@ -12,7 +12,6 @@ BUILTIN_PASSES: dict[str, str] = {
     "const-fold": "irtool.passes.const_fold:ConstantFold",
     "fold-bn": "irtool.passes.fold_bn:FoldBatchNorm",
     "prune": "irtool.passes.prune:Prune",
-    "prune-budget": "irtool.passes.budget:PruneBudget",
     "nni-prune": "irtool.passes.nni_config:NniPrune",
     "sparsify": "irtool.passes.sparsify:Sparsify",
     "quantize": "irtool.passes.quantize:Quantize",

@@ -1,43 +1,24 @@
 """``irtool analyze MODEL --sensitivity``: how much each channel group's pruning changes the
 model's output, at several sparsities, as a table, a JSON file and a plot; ``--latency``: the
-model's latency table on onnxruntime (``passes/latency.py``), layer by layer.
+model's latency table (``passes/latency.py``), layer by layer.
 
-Each prunable group is pruned alone (its least important channels by ``--criterion``) on a
-copy of the model, which runs in onnxruntime on the given inputs (``--data``, a ``.npy`` batch)
-or a seeded random one. The deviation is the relative L2 error of the outputs against the
-unpruned model's; for a classifier output (rank 2) the top-1 agreement is reported too. The
-JSON file (``--json``) is what ``choose_channels(..., sensitivity=...)`` reads, so the budget
-chooser can trade measured deviation, not weight norms, against cost.
+The measuring lives in ``passes/sensitivity.py``; this is the command around it. The JSON file
+(``--json``) is what ``prune{target-macs=... sensitivity=FILE}`` reads.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..ir.core import Graph
 from ..ir.errors import IrtoolError
+from ..passes.sensitivity import GroupSensitivity
 from .cmd_show import add_input_shape_argument, input_shapes
 from .model_io import load_model
-
-_QUIET = logging.getLogger("irtool.analyze")
-_QUIET.propagate = False
-
-
-@dataclass
-class GroupSensitivity:
-    """Output deviation (and top-1 agreement, for classifiers) of one group per sparsity."""
-
-    group: int
-    name: str
-    channels: int
-    deviation: dict[float, float] = field(default_factory=dict)
-    agreement: dict[float, float] = field(default_factory=dict)
 
 
 def parse_sparsities(text: str) -> list[float]:
@@ -48,43 +29,6 @@ def parse_sparsities(text: str) -> list[float]:
     if not values or any(not 0 < v < 1 for v in values):
         raise IrtoolError(f"sparsities '{text}' must be numbers in (0, 1)")
     return values
-
-
-def _outputs(graph: Graph, feeds: list[np.ndarray]) -> list[np.ndarray]:
-    from ..backends.onnx import run_onnxruntime
-
-    return run_onnxruntime(graph, feeds)
-
-
-def measure_sensitivity(
-    graph: Graph, sparsities: list[float], inputs: list[np.ndarray], *, criterion: str = "l1"
-) -> list[GroupSensitivity]:
-    """Prune each prunable group of the prepared ``graph`` alone at each sparsity and compare outputs."""
-    from ..passes.budget import keep_selector
-    from ..passes.dependency import analyze_channels
-    from ..passes.oracle import copy_graph
-    from ..passes.prune import PruneConfig, prune_graph
-
-    reference = _outputs(graph, inputs)
-    results = []
-    for group in analyze_channels(graph).groups:
-        if not group.prunable:
-            continue
-        row = GroupSensitivity(group.id, group.name, group.channels)
-        for sparsity in sparsities:
-            keep = max(1, group.channels - int(group.channels * sparsity + 1e-9))
-            copy = copy_graph(graph)
-            prune_graph(
-                copy, PruneConfig(sparsity=0.0, criterion=criterion), select=keep_selector({group.id: keep}),
-                analysis=analyze_channels(copy), logger=_QUIET,
-            )
-            outputs = _outputs(copy, inputs)
-            errors = [np.linalg.norm(o - r) / max(np.linalg.norm(r), 1e-12) for o, r in zip(outputs, reference)]
-            row.deviation[sparsity] = float(max(errors))
-            if reference[0].ndim == 2:
-                row.agreement[sparsity] = float(np.mean(outputs[0].argmax(1) == reference[0].argmax(1)))
-        results.append(row)
-    return results
 
 
 def format_table(rows: list[GroupSensitivity], sparsities: list[float]) -> str:
@@ -99,25 +43,6 @@ def format_table(rows: list[GroupSensitivity], sparsities: list[float]) -> str:
             line += "".join(f"  {r.agreement[s]:>9.3f}" for s in sparsities)
         lines.append(line)
     return "\n".join(lines)
-
-
-def to_json(rows: list[GroupSensitivity]) -> dict:
-    """``{"groups": {id: {"name", "channels", "points": [[sparsity, deviation], ...]}}}``."""
-    return {
-        "groups": {
-            str(r.group): {"name": r.name, "channels": r.channels, "points": [[s, d] for s, d in sorted(r.deviation.items())]}
-            for r in rows
-        }
-    }
-
-
-def load_sensitivity(path: str | Path) -> dict[int, list[tuple[float, float]]]:
-    """The ``choose_channels`` sensitivity mapping from a file ``--json`` wrote."""
-    try:
-        raw = json.loads(Path(path).read_text())
-        return {int(gid): [(float(s), float(d)) for s, d in entry["points"]] for gid, entry in raw["groups"].items()}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise IrtoolError(f"sensitivity file '{path}' is unreadable: {exc}") from None
 
 
 def plot(rows: list[GroupSensitivity], path: Path) -> None:
@@ -142,12 +67,12 @@ def plot(rows: list[GroupSensitivity], path: Path) -> None:
     plt.close(fig)
 
 
-def format_latency(graph: Graph, threads: int) -> str:
+def format_latency(graph: Graph, threads: int, backend: str = "ort") -> str:
     """The latency model's summary and each layer's (relative work, ms) points."""
     from ..passes.dependency import analyze_channels, layer_name
     from ..passes.latency import build_latency_model
 
-    model = build_latency_model(graph, analyze_channels(graph), threads=threads)
+    model = build_latency_model(graph, analyze_channels(graph), backend=backend, threads=threads)
     width = max([len(layer_name(l.work.node)) for l in model.layers] + [5])
     lines = [model.format(), f"{'layer':<{width}}  {'MACs':>12}  ms at relative work"]
     for layer in model.layers:
@@ -166,7 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, help="write the table as JSON, the budget chooser's sensitivity input")
     parser.add_argument("--plot", type=Path, help="write a plot of deviation against sparsity (PNG or SVG)")
     parser.add_argument("--latency", action="store_true", help="build (or reuse from the cache) the latency table and print it")
-    parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads of the latency table (default 1)")
+    parser.add_argument("--backend", choices=("ort", "tvm"), default="ort", help="backend the latency table is timed on (default ort)")
+    parser.add_argument("--threads", type=int, default=1, help="threads of the latency table (default 1)")
 
 
 def _inputs(graph: Graph, data: Path | None) -> list[np.ndarray]:
@@ -185,6 +111,7 @@ def _inputs(graph: Graph, data: Path | None) -> list[np.ndarray]:
 
 def run(args: argparse.Namespace) -> int:
     from ..passes.oracle import prepare
+    from ..passes.sensitivity import measure_sensitivity, to_json
 
     if not args.sensitivity and not args.latency:
         raise IrtoolError("nothing to analyze: give --sensitivity or --latency")
@@ -193,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     sparsities = parse_sparsities(args.sparsities)
     graph = prepare(load_model(args.model, input_shapes(args)))
     if args.latency:
-        print(format_latency(graph, args.threads))
+        print(format_latency(graph, args.threads, args.backend))
     if not args.sensitivity:
         return 0
     inputs = _inputs(graph, args.data)

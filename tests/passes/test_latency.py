@@ -1,6 +1,6 @@
 """The latency model: relative work of layers, one-layer models, the cached table, the
-alignment probe. Timings are not asserted (the machine is shared); structure and exact
-MAC bookkeeping are."""
+alignment probe, the TVM backend. Timings are asserted only loosely (the machine is shared);
+structure and exact MAC bookkeeping are asserted exactly."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from irtool.passes.latency import (
     is_weighted_layer,
     layer_graph,
     layer_work,
+    measure_graph_ms,
     predicted_macs,
 )
 from irtool.passes.oracle import copy_graph, prepare
@@ -63,9 +64,9 @@ def _channels(analysis):
     return {g.id: g.channels for g in analysis.groups}
 
 
-def _prune_to(graph, keep):
+def _prune_to(graph, keep, criterion: str = "l1"):
     copy = copy_graph(graph)
-    prune_graph(copy, PruneConfig(sparsity=0.0), select=keep_selector(keep), analysis=analyze_channels(copy))
+    prune_graph(copy, PruneConfig(sparsity=0.0, criterion=criterion), select=keep_selector(keep), analysis=analyze_channels(copy))
     return copy
 
 
@@ -140,3 +141,34 @@ def test_alignment_probe_and_choice(cache_dir):
     assert best_alignment({2: 0.99, 4: 0.6, 8: 0.5, 16: 0.51}) == 8
     assert best_alignment({2: 0.99, 4: 0.98}) == 1
     assert best_alignment({}) == 1
+
+
+class TwoConvs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Conv2d(3, 16, 3, padding=1)
+        self.b = nn.Conv2d(16, 8, 3, padding=1)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_tvm_model_is_built_cached_and_reused(cache_dir):
+    pytest.importorskip("tvm")
+    graph = prepare(load_module(TwoConvs().eval(), (torch.randn(1, 3, 16, 16),)))
+    analysis = analyze_channels(graph)
+    # two fractions: every point is a TVM compile (about a second)
+    model = build_latency_model(graph, analysis, backend="tvm", fractions=(1.0, 0.5), runs=5, probe_alignment=False)
+    assert (model.backend, len(model.layers)) == ("tvm", 2)
+    assert [len(layer.points) for layer in model.layers] == [2, 2]  # both convs scale with the one group
+    measured = measure_graph_ms(graph, backend="tvm", runs=20)
+    assert 0 < model.predict() and measured / 3 < model.predict() < measured * 3
+    (group,) = [g for g in analysis.groups if g.prunable]
+    assert model.predict({group.id: 8}) < model.predict()
+    path = cache_path("tvm", 1)
+    assert path.exists() and path.name.startswith("latency-tvm-1-")
+    table = LatencyTable("tvm", 1, runs=5)
+    assert len(table.entries) == 1 + 4  # the run overhead and 2 layers x 2 fractions
+    build_latency_model(graph, analysis, backend="tvm", fractions=(1.0, 0.5), runs=5, probe_alignment=False, table=table)
+    assert table.measured == 0

@@ -1,4 +1,5 @@
-"""``irtool analyze --sensitivity``: the table, the JSON the budget chooser reads, the plot."""
+"""``irtool analyze``: the sensitivity table, the JSON the budget chooser reads, the plot, and
+the latency table."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from irtool.ir.errors import IrtoolError
 from irtool.passes.budget import choose_channels
 from irtool.passes.cost import graph_cost
 from irtool.passes.dependency import analyze_channels
+from irtool.passes.sensitivity import load_sensitivity
 from irtool.tools import cmd_analyze
 from irtool.tools.model_io import save_model
 from tests.passes.test_latency import _prune_to, tiny_graph
@@ -48,8 +50,8 @@ def test_sensitivity_table_json_and_plot(model_file, tmp_path, capsys):
         assert deviations[-1] >= deviations[0] * 0.5  # more pruning does not come out much better
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the file feeds the chooser, which still meets its MAC target exactly
-    sensitivity = cmd_analyze.load_sensitivity(table)
     analysis = analyze_channels(graph)
+    sensitivity = load_sensitivity(table, analysis)
     keep = choose_channels(graph, analysis, target_macs=0.5, sensitivity=sensitivity)
     assert graph_cost(_prune_to(graph, keep)).macs <= 0.5 * graph_cost(graph).macs
 
@@ -71,7 +73,7 @@ def test_bad_arguments(model_file, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     with pytest.raises(IrtoolError, match="unreadable"):
-        cmd_analyze.load_sensitivity(bad)
+        load_sensitivity(bad)
 
 
 def test_latency_table(model_file, tmp_path, monkeypatch, capsys):
