@@ -146,6 +146,11 @@ def test_round_to_and_min_channels():
     report = prune_graph(graph, sparsity=0.3, round_to=16)
     assert all(g.after % 16 == 0 for g in report.groups)
     assert {(g.before, g.after) for g in report.groups} == {(64, 48), (128, 96), (256, 176), (512, 352)}
+    assert not report.unaligned_groups() and not any(line.startswith("note:") for line in report.summary())
+    graph = zoo_graph("resnet18")
+    report = prune_graph(graph, sparsity=0.3)
+    assert {(g.before, g.after) for g in report.unaligned_groups()} == {(64, 45), (128, 90), (256, 180), (512, 359)}
+    assert f"note: {len(report.groups)} of {len(report.groups)} groups now have a channel count that is not a multiple of 8" in report.summary()[1]
     graph = zoo_graph("resnet18")
     report = prune_graph(graph, sparsity=0.9 - 1e-9, min_channels=100)
     assert {(g.before, g.after) for g in report.groups} == {(64, 64), (128, 100), (256, 100), (512, 100)} - {(64, 64)}
