@@ -29,6 +29,7 @@ from ..frontends.onnx import (
     META_ONNX_TYPE,
     MIN_OPSET,
 )
+from ..frontends.onnx_wire import GRAPH_INITIALIZER, MODEL_GRAPH, TENSOR_RAW_DATA, length_prefix
 from ..ir.core import Graph, Node, Value
 from ..ir.errors import IrtoolError
 from ..ir.registry import lookup
@@ -248,7 +249,7 @@ def _inline_tensor(name: str, array: np.ndarray) -> list:
     if code is None:
         return [numpy_helper.from_array(array, name).SerializeToString()]
     header = onnx.TensorProto(dims=array.shape, data_type=code, name=name).SerializeToString()
-    return [header, _key(_TENSOR_RAW_DATA) + _varint_bytes(array.nbytes), _byte_view(array)]
+    return [header, length_prefix(TENSOR_RAW_DATA, array.nbytes), _byte_view(array)]
 
 
 class _ExternalTensors:
@@ -273,24 +274,6 @@ class _ExternalTensors:
         tensor.data_location = onnx.TensorProto.EXTERNAL
         self.offset += array.nbytes
         return [tensor.SerializeToString()]
-
-
-# Protobuf wire format, for writing initializers without copying them into a message.
-_MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA = 7, 5, 9
-
-
-def _key(number: int) -> bytes:
-    """The key of a length-delimited field."""
-    return _varint_bytes(number << 3 | 2)
-
-
-def _varint_bytes(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 class _ModelParts:
@@ -339,10 +322,10 @@ class _ModelParts:
         graph = [self.graph_head.SerializeToString()]
         for name, array in self.initializers:
             pieces = tensor(name, array)
-            graph += [_key(_GRAPH_INITIALIZER), _varint_bytes(sum(len(p) for p in pieces)), *pieces]
+            graph += [length_prefix(GRAPH_INITIALIZER, sum(len(p) for p in pieces)), *pieces]
         graph.append(self.graph_tail.SerializeToString())
         yield self.head.SerializeToString()
-        yield _key(_MODEL_GRAPH) + _varint_bytes(sum(len(p) for p in graph))
+        yield length_prefix(MODEL_GRAPH, sum(len(p) for p in graph))
         yield from graph
         yield self.tail.SerializeToString()
 

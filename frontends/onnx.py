@@ -43,6 +43,7 @@ from onnx import numpy_helper
 from ..ir.core import Graph, Value
 from ..ir.errors import IrtoolError
 from ..ir.types import DType, TensorType
+from .onnx_wire import GRAPH_INITIALIZER, LEN, MODEL_GRAPH, TENSOR_RAW_DATA, fields, length_prefix
 
 __all__ = [
     "IR_OPSET",
@@ -183,10 +184,8 @@ def _parse(data: bytes, where: str) -> tuple[onnx.ModelProto, list[_Initializer]
         raise IrtoolError(problem, where=where) from None
 
 
-# Protobuf field numbers used to find initializer bytes without parsing them.
-_MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA = 7, 5, 9
-_LEN = 2
 _RAW_IN_BUFFER_BYTES = 4096
+"""Initializers with less raw data are parsed (copied) as usual; bigger ones stay views of the file."""
 
 
 def _parse_keeping_weights(data: bytes) -> tuple[onnx.ModelProto, list[_Initializer]]:
@@ -198,26 +197,26 @@ def _parse_keeping_weights(data: bytes) -> tuple[onnx.ModelProto, list[_Initiali
     view = memoryview(data)
     model_fields: list[memoryview | bytes] = []
     initializers: list[_Initializer] = []
-    for number, wire, start, end, field_start in _fields(view, 0, len(view)):
-        if number != _MODEL_GRAPH or wire != _LEN:
+    for number, wire, start, end, field_start in fields(view, 0, len(view)):
+        if number != MODEL_GRAPH or wire != LEN:
             model_fields.append(view[field_start:end])
             continue
         graph_fields = []
-        for number2, wire2, start2, end2, field_start2 in _fields(view, start, end):
-            if number2 == _GRAPH_INITIALIZER and wire2 == _LEN:
+        for number2, wire2, start2, end2, field_start2 in fields(view, start, end):
+            if number2 == GRAPH_INITIALIZER and wire2 == LEN:
                 initializers.append(_initializer(data, view, start2, end2))
             else:
                 graph_fields.append(view[field_start2:end2])
         graph = b"".join(graph_fields)
-        model_fields.append(_field_key(_MODEL_GRAPH, _LEN) + _varint_bytes(len(graph)) + graph)
+        model_fields.append(length_prefix(MODEL_GRAPH, len(graph)) + graph)
     return onnx.ModelProto.FromString(b"".join(model_fields)), initializers
 
 
 def _initializer(data: bytes, view: memoryview, start: int, end: int) -> _Initializer:
     raw = None
     rest = []
-    for number, wire, value_start, value_end, field_start in _fields(view, start, end):
-        if number == _TENSOR_RAW_DATA and wire == _LEN:
+    for number, wire, value_start, value_end, field_start in fields(view, start, end):
+        if number == TENSOR_RAW_DATA and wire == LEN:
             raw = (value_start, value_end - value_start)
         else:
             rest.append(view[field_start:value_end])
@@ -227,55 +226,6 @@ def _initializer(data: bytes, view: memoryview, start: int, end: int) -> _Initia
     if header.data_type not in _RAW_DTYPES:
         return _Initializer(onnx.TensorProto.FromString(view[start:end]))
     return _Initializer(header, data, raw[0], raw[1])
-
-
-def _fields(view: memoryview, start: int, end: int):
-    """(number, wire type, value start, value end, field start) of each field in a message."""
-    pos = start
-    while pos < end:
-        field_start = pos
-        key, pos = _varint(view, pos, end)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            _, pos = _varint(view, pos, end)
-            value_start = pos
-        elif wire == 1:
-            value_start, pos = pos, pos + 8
-        elif wire == _LEN:
-            length, value_start = _varint(view, pos, end)
-            pos = value_start + length
-        elif wire == 5:
-            value_start, pos = pos, pos + 4
-        else:
-            raise DecodeError(f"unsupported wire type {wire}")
-        if number == 0 or pos > end:
-            raise DecodeError("truncated message")
-        yield number, wire, value_start, pos, field_start
-
-
-def _varint(view: memoryview, pos: int, end: int) -> tuple[int, int]:
-    result = shift = 0
-    while pos < end and shift < 64:
-        byte = view[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-    raise DecodeError("truncated varint")
-
-
-def _varint_bytes(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _field_key(number: int, wire: int) -> bytes:
-    return _varint_bytes(number << 3 | wire)
 
 
 def _detach_initializers(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[_Initializer]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from copy import deepcopy
 from typing import Any
 
 import numpy as np
@@ -367,12 +368,67 @@ class Graph:
             return
         if name in self._names:
             raise IrtoolError(f"name '{name}' is already used in graph '{self.name}'")
+        self._set_name(value, name)
+
+    def take_name(self, name: str) -> str:
+        """Free ``name`` for a value that replaces the one holding it, and return it.
+
+        Passes that swap a value for a new one keep the old name, so graph outputs and the
+        constant names users know stay the same; the old value, if still in the graph, gets a
+        fresh name such as ``name_0``.
+        """
+        holder = next((v for v in self.values() if v.name == name), None)
+        if holder is not None:
+            self._set_name(holder, self.fresh_name(name))
+        self._names.discard(name)
+        return name
+
+    def _set_name(self, value: Value, name: str) -> None:
         self._names.discard(value.name)
         if value.is_const and self.constants.get(value.name) is value:
             del self.constants[value.name]
             self.constants[name] = value
         value.name = name
         self._names.add(name)
+
+    # -- copying ---------------------------------------------------------------------
+    def copy(self) -> Graph:
+        """A deep copy with the same names, node order and types.
+
+        Nothing is shared but the (immutable) types: editing the copy, its constants in place
+        included, never changes this graph. Constants keep their writeable flag.
+        """
+        new = Graph(self.name, opset=self.opset)
+        new.opset_imports = dict(self.opset_imports)
+        new.meta = deepcopy(self.meta)
+        twins: dict[Value, Value] = {}
+
+        def twin(value: Value) -> Value:
+            twins[value] = Value(value.name, value.type)
+            twins[value].meta = deepcopy(value.meta)
+            return twins[value]
+
+        def twin_of(value: Value, reader: str) -> Value:
+            if value not in twins:
+                raise IrtoolError(f"{reader} '{value.name}', which is not in graph '{self.name}'")
+            return twins[value]
+
+        for value in self.inputs:
+            new.inputs.append(new._claim(twin(value)))
+        for value in self.constants.values():
+            constant = new._claim(twin(value))
+            constant.const = value.const.copy()
+            constant.const.flags.writeable = value.const.flags.writeable
+            new.constants[constant.name] = constant
+        outputs = {node: [twin(v) for v in node.outputs] for node in self._nodes}
+        for node, values in outputs.items():
+            inputs = [None if v is None else twin_of(v, f"node '{node.name}' reads") for v in node.inputs]
+            attrs = deepcopy(node.attrs)
+            copy = Node(node.op, inputs, values, attrs, name=node.name, source=node.source, domain=node.domain)
+            copy.meta = deepcopy(node.meta)
+            new.insert(copy)
+        new.outputs = [twin_of(v, "the graph outputs list") for v in self.outputs]
+        return new
 
     # -- order -----------------------------------------------------------------------
     def sort(self) -> None:

@@ -21,7 +21,6 @@ import dataclasses
 import difflib
 import importlib
 import inspect
-import itertools
 import logging
 import re
 import sys
@@ -149,13 +148,8 @@ def _did_you_mean(word: str, choices: Iterable[str]) -> str:
 
 
 def release_name(graph: Graph, value: Value) -> None:
-    """Rename a value that is being dropped, so a replacement can take over its name."""
-    for i in itertools.count():
-        try:
-            graph.rename_value(value, f"{value.name}.dropped{i}")
-            return
-        except IrtoolError:
-            continue
+    """Free ``value``'s name for its replacement (``Graph.take_name``)."""
+    graph.take_name(value.name)
 
 
 # -- registry ----------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..ir.core import Graph, Value
+from ..ir.core import Graph
 from ..ir.errors import IrtoolError
 from ..ir.shapes import infer_shapes
 from .base import PassManager
@@ -86,45 +86,15 @@ def _table(checks: Sequence[OutputCheck], tol: float | None) -> list[str]:
     return lines
 
 
-# -- copying and preparing -------------------------------------------------------------------------
+# -- copying and preparing ---------------------------------------------------------------------------
 def copy_graph(graph: Graph) -> Graph:
-    """A structural copy sharing the (read-only) constant arrays; meta dicts are copied."""
-    new = Graph(graph.name, opset=graph.opset)
-    new.opset_imports = dict(graph.opset_imports)
-    new.meta = {k: (dict(v) if isinstance(v, dict) else v) for k, v in graph.meta.items()}
-    mapping: dict[Value, Value] = {}
-
-    def mirror(old: Value, value: Value) -> Value:
-        value.meta = dict(old.meta)
-        mapping[old] = value
-        return value
-
-    for value in graph.inputs:
-        mirror(value, new.add_input(value.name, value.type))
-    for value in graph.constants.values():
-        mirror(value, new.add_constant(value.name, value.const))
-    for node in graph.nodes:
-        inputs = [None if v is None else mapping[v] for v in node.inputs]
-        copy = new.add_node(
-            node.op,
-            inputs,
-            dict(node.attrs),
-            outputs=[v.name for v in node.outputs],
-            output_types=[v.type for v in node.outputs],
-            name=node.name,
-            source=node.source,
-            domain=node.domain,
-        )
-        copy.meta = dict(node.meta)
-        for old, value in zip(node.outputs, copy.outputs):
-            mirror(old, value)
-    new.outputs = [mapping[v] for v in graph.outputs]
-    return new
+    """A deep copy of ``graph`` (``Graph.copy``)."""
+    return graph.copy()
 
 
 def prepare(graph: Graph) -> Graph:
     """A copy with static shapes and shape computations folded, as the prune pass needs."""
-    copy = copy_graph(graph)
+    copy = graph.copy()
     infer_shapes(copy)
     return PassManager("const-fold").run(copy).graph
 
@@ -260,7 +230,7 @@ def check_equivalence(
     else:
         feeds = [inputs] if isinstance(inputs, Mapping) else list(inputs)
 
-    masked = copy_graph(base)
+    masked = base.copy()
     apply_mask(masked, analysis.removal(gone), activations=True)
     whole = _compare(masked, pruned, feeds)
     report = OracleReport(
@@ -274,7 +244,7 @@ def check_equivalence(
     if approximate:
         exact_only = gone & np.isin(group_of, [g.id for g in groups if g.exact])
         removal = analysis.removal(exact_only)
-        pruned_exact, masked_exact = copy_graph(base), copy_graph(base)
+        pruned_exact, masked_exact = base.copy(), base.copy()
         apply_removal(pruned_exact, removal)
         apply_mask(masked_exact, removal, activations=True)
         report.outputs = _compare(masked_exact, pruned_exact, feeds)

@@ -129,6 +129,29 @@ def test_data_drives_criteria_and_calibration_and_accuracy_is_measured(model, tm
     assert not any("random inputs" in w for w in result.warnings)
 
 
+def test_data_may_be_an_npz_file_or_arrays_by_input_name(model, tmp_path):
+    rows = np.random.default_rng(0).uniform(-1, 1, (16, 1, 8, 8)).astype(np.float32)
+    rows[0, 0, 0, :2] = [-1.0, 1.0]
+    np.savez(tmp_path / "calib.npz", x=rows, labels=np.zeros(16, np.int64))
+    options = {"targets": "onnx", "measure": Measure(latency=False, accuracy=False, baseline=False)}
+    pipeline = "quantize{calibration=minmax}"
+    from_file = optimize(model, pipeline, data=tmp_path / "calib.npz", output_dir=tmp_path / "file", **options)
+    from_arrays = optimize(model, pipeline, data={"x": rows}, output_dir=tmp_path / "arrays", **options)
+    assert any("minmax calibration over 16 samples of user data" in m for m in from_file.passes[0].messages)
+    assert from_file.artifacts["onnx"].read_bytes() == from_arrays.artifacts["onnx"].read_bytes()
+    quantized = onnx.load(from_file.artifacts["onnx"])
+    constants = {t.name: numpy_helper.to_array(t) for t in quantized.graph.initializer}
+    (first,) = [n for n in quantized.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "x"]
+    assert float(constants[first.input[1]]) == pytest.approx(2 / 255)  # uint8 over [-1, 1]
+
+    out = tmp_path / "out"
+    with pytest.raises(IrtoolError, match=r"data '.*missing\.npz': does not exist"):
+        optimize(model, pipeline, data=tmp_path / "missing.npz", output_dir=out, **options)
+    with pytest.raises(IrtoolError, match=r"data 'arrays': array 'x' has shape \(16, 8, 8\), input 'x' takes \(N, 1, 8, 8\)"):
+        optimize(model, pipeline, data={"x": rows[:, 0]}, output_dir=out, **options)
+    assert not out.exists()
+
+
 def test_torch_module_with_example_inputs(tmp_path):
     torch = pytest.importorskip("torch")
     from irtool.tools.demo import digits_resnet

@@ -127,6 +127,91 @@ def test_opt_verify_runs_the_oracle(model, tmp_path, capsys):
     assert out_path.exists()
 
 
+def _input_scales(path: Path) -> dict[str, float]:
+    """The scale of the QuantizeLinear on each graph input of a quantized model."""
+    model = onnx.load(path)
+    constants = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    inputs = {i.name for i in model.graph.input}
+    quantizers = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in inputs]
+    return {n.input[0]: float(constants[n.input[1]]) for n in quantizers}
+
+
+def test_opt_data_calibrates_quantize(model, tmp_path, capsys):
+    rows = np.random.default_rng(0).uniform(-2, 2, (8, 3, 32, 32)).astype(np.float32)
+    rows[0, 0, 0, :2] = [-2.0, 2.0]
+    np.savez(tmp_path / "calib.npz", input=rows, labels=np.arange(8))
+    calibrated, guessed = tmp_path / "calibrated.onnx", tmp_path / "random.onnx"
+    pipeline = "quantize{calibration=minmax}"
+    assert main(["opt", "-p", pipeline, str(model), "--data", str(tmp_path / "calib.npz"), "-o", str(calibrated)]) == 0
+    assert "minmax calibration over 8 samples of user data" in capsys.readouterr().out
+    assert main(["opt", "-p", pipeline, str(model), "-o", str(guessed)]) == 0
+    assert "minmax calibration over 32 random inputs" in capsys.readouterr().out
+    # uint8 activations over [-2, 2]: scale 4 / 255; random normal inputs reach further.
+    assert _input_scales(calibrated) == {"input": pytest.approx(4 / 255)}
+    assert _input_scales(guessed)["input"] > 0.03
+
+
+def _two_input_model(path: Path) -> Path:
+    """y = Conv(a) + Conv(b), 1x1 convs on (N, 2, 4, 4) inputs."""
+    ones = onnx.numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "w")
+    nodes = [
+        onnx.helper.make_node("Conv", ["a", "w"], ["ca"], name="conv_a"),
+        onnx.helper.make_node("Conv", ["b", "w"], ["cb"], name="conv_b"),
+        onnx.helper.make_node("Add", ["ca", "cb"], ["y"], name="add"),
+    ]
+    io = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["N", 2, 4, 4]) for n in ("a", "b", "y")]
+    graph = onnx.helper.make_graph(nodes, "two_inputs", io[:2], io[2:], [ones])
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_opt_data_feeds_each_input_by_name(tmp_path, capsys):
+    model = _two_input_model(tmp_path / "two.onnx")
+    rng = np.random.default_rng(0)
+    rows = {name: rng.uniform(0, top, (5, 2, 4, 4)).astype(np.float32) for name, top in (("b", 3.0), ("a", 1.0))}
+    for name, top in (("a", 1.0), ("b", 3.0)):
+        rows[name][0, 0, 0, :2] = [0.0, top]
+    np.savez(tmp_path / "calib.npz", **rows)
+    out = tmp_path / "q.onnx"
+    argv = ["opt", "-p", "quantize{calibration=minmax}", str(model), "--data", str(tmp_path / "calib.npz"), "-o", str(out)]
+    assert main(argv) == 0
+    assert "over 5 samples of user data" in capsys.readouterr().out
+    assert _input_scales(out) == {"a": pytest.approx(1 / 255), "b": pytest.approx(3 / 255)}
+
+
+def test_opt_data_errors_are_one_line_exit_2_and_write_nothing(model, tmp_path, capsys):
+    rows = np.zeros((4, 3, 32, 32), np.float32)
+    files = {
+        "shape.npz": {"input": np.zeros((4, 3, 16, 16), np.float32)},
+        "dtype.npz": {"input": rows.astype(np.int64)},
+        "names.npz": {"image": rows, "depth": rows[:, :1]},
+        "typo.npz": {"input": rows, "lables": np.arange(4)},
+        "rows.npz": {"input": rows, "labels": np.arange(5)},
+    }
+    for name, arrays in files.items():
+        np.savez(tmp_path / name, **arrays)
+    (tmp_path / "text.npz").write_text("input,label\n")
+    (tmp_path / "rows.csv").write_text("input,label\n")
+    expected = {
+        "missing.npz": "does not exist",
+        "rows.csv": "is not a .npz or .npy file",
+        "text.npz": "is not a NumPy .npz file",
+        "shape.npz": "array 'input' has shape (4, 3, 16, 16), input 'input' takes (N, 3, 32, 32) for N rows",
+        "dtype.npz": "array 'input' has dtype int64, input 'input' takes float32",
+        "names.npz": "has no array for input 'input' (arrays: depth, image)",
+        "typo.npz": "array 'lables' is neither a model input (input) nor 'labels'",
+        "rows.npz": "arrays have different row counts: input 'input' 4, labels 5",
+    }
+    before = _fingerprint(model)
+    out = tmp_path / "out.onnx"
+    for name, problem in expected.items():
+        data = tmp_path / name
+        assert main(["opt", "-p", "quantize", str(model), "--data", str(data), "-o", str(out)]) == 2, name
+        assert capsys.readouterr().err == f"irtool: opt: data '{data}': {problem}\n"
+        assert not out.exists()
+    assert _fingerprint(model) == before
+
+
 def _error_cases(model: Path, tmp: Path) -> list[tuple[list[str], str]]:
     text_file = tmp / "notes.onnx"
     text_file.write_text("this is not a model\n")
