@@ -26,7 +26,7 @@ ThiNet reads only the activations its group's consumers read, per group.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,6 +85,11 @@ def using_data(data: Any, *, samples: int = DEFAULT_SAMPLES) -> Iterator[Criteri
         yield _active.get()
     finally:
         _active.reset(token)
+
+
+def data_scope(data: Any):
+    """``using_data(data)`` when there is data (a pipeline's ``--data``), else a block that does nothing."""
+    return nullcontext() if data is None else using_data(data)
 
 
 def criteria_data_source(graph: Graph, ctx) -> CriterionData:

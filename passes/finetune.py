@@ -28,7 +28,6 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
@@ -37,6 +36,7 @@ import numpy as np
 from ..ir.core import Graph
 from ..ir.errors import IrtoolError
 from .base import Pass, PassContext, PassResult, register_pass
+from .criteria_data import data_scope
 from .data import Dataset, builtin_dataset, labelled
 from .sparsify import graph_masks
 
@@ -372,7 +372,7 @@ class ChannelPruner:
             config = replace(self.config, sparsity=relative)
         else:
             config = replace(self.config, sparsity=0.0, layers=(f"{layer}:{relative}",))
-        with _criteria_data(self.data):
+        with data_scope(self.data):
             report = prune_graph(graph, config)
         return report.summary()[:1]
 
@@ -401,13 +401,6 @@ class WeightPruner:
         report = sparsify_graph(graph, config, data=self.data)
         return report.lines()[-1:]
 
-
-def _criteria_data(data: Any):
-    if data is None:
-        return nullcontext()
-    from .criteria_data import using_data
-
-    return using_data(data)
 
 
 Pruner = Callable[[Graph, float, "str | None"], list[str]]

@@ -20,7 +20,6 @@ import json
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from contextlib import nullcontext
 from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
@@ -36,6 +35,7 @@ from .budget import Budget, choose_to_budget, keep_selector
 from .const_fold import ConstantFold
 from .cost import Cost, format_comparison, graph_cost
 from .criteria import get_criterion, importance
+from .criteria_data import data_scope
 from .dependency import ChannelAnalysis, ChannelGroup, SlotKey, analyze_channels, layer_name
 
 RECORD_KEY = "irtool.pruned_channels"
@@ -594,7 +594,7 @@ class Prune(Pass):
             ctx.invalidate()
         analysis = ctx.analysis("channels", graph)
         config, select, budget_log = self.config(), None, []
-        with _criteria_data(ctx.data):
+        with data_scope(ctx.data):
             if self.budget().active:
                 _check_patterns(graph, list(self.exclude), "exclude pattern")
                 excluded = {g.id for g in analysis.groups if any(_names_group(g, p) for p in self.exclude)}
@@ -603,11 +603,3 @@ class Prune(Pass):
             report = prune_graph(graph, config, select=select, analysis=analysis, logger=ctx.logger)
         return PassResult(graph, report.changed, [*report.lines, *report.summary(), *budget_log])
 
-
-def _criteria_data(data):
-    """The pipeline's data (``opt --data``, the Python API) for the data-driven criteria."""
-    if data is None:
-        return nullcontext()
-    from .criteria_data import using_data
-
-    return using_data(data)

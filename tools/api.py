@@ -12,10 +12,11 @@
 ``model`` is an ONNX file, a ``.pt2`` archive, a ``package.module:factory`` spec, an
 ``onnx.ModelProto``, a ``torch.nn.Module`` (with ``example_inputs``) or an irtool ``Graph``
 (copied, never changed). ``pipeline`` is a pipeline string, a list of passes, or a list of
-scenario steps (``{"type": "prune", "parameters": {...}}``). ``data`` is anything
-``irtool.passes.data.as_dataset`` accepts (a dataset, ``"digits"``, numpy arrays, a torch
-``DataLoader``); the passes get it for calibration, data-driven criteria and fine-tuning, and
-accuracy is measured on ``eval_data`` (default: ``data``) when it has labels.
+scenario steps (``{"type": "prune", "parameters": {...}}``). ``data`` is what ``irtool opt
+--data`` reads (a ``.npz``/``.npy`` path, or a mapping input name -> rows with optional
+``labels``) or anything ``irtool.passes.data.as_dataset`` accepts (a dataset, ``"digits"``,
+numpy arrays, a torch ``DataLoader``); the passes get it for calibration, data-driven criteria
+and fine-tuning, and accuracy is measured on ``eval_data`` (default: ``data``) when it has labels.
 
 Everything is measured before anything is written: a run that fails writes no file. The
 artifacts are written atomically at the end, one per target (``<name>.onnx``, ``<name>.so``).
@@ -219,9 +220,7 @@ def load_graph(model: Any, *, example_inputs: Any = None, input_shapes: Sequence
     import onnx
 
     if isinstance(model, Graph):
-        from ..passes.oracle import copy_graph
-
-        return copy_graph(model), f"graph '{model.name}'"
+        return model.copy(), f"graph '{model.name}'"
     if isinstance(model, onnx.ModelProto):
         from ..frontends.onnx import load_onnx
 
@@ -293,13 +292,20 @@ def _example_feed(graph: Graph, example_inputs: Any, shapes: Sequence[tuple[int,
     return feed
 
 
-def _dataset(data: Any, shapes: Sequence[tuple[int, ...]]):
+def _dataset(data: Any, graph: Graph, shapes: Sequence[tuple[int, ...]]):
+    """``data`` as a dataset: a ``.npz``/``.npy`` path or a mapping input name -> rows is checked
+    against the model's inputs, as ``irtool opt --data`` does; anything else goes to ``as_dataset``."""
     if data is None:
         return None
+    from .model_io import DATA_SUFFIXES, load_data, model_data
     from .scenario import DataSpec
 
     if isinstance(data, DataSpec):
         return data.load(shapes)
+    if isinstance(data, (str, os.PathLike)) and Path(data).suffix in DATA_SUFFIXES:
+        return load_data(data, graph)
+    if isinstance(data, Mapping):
+        return model_data({k: _to_numpy(a) for k, a in data.items()}, graph)
     from ..passes.data import as_dataset
 
     return as_dataset(data)
@@ -342,9 +348,8 @@ def accuracy(run: Callable[[dict[str, np.ndarray]], list[np.ndarray]], graph: Gr
 def _static_copy(graph: Graph, shapes: Sequence[tuple[int, ...]]) -> Graph:
     """A copy whose inputs have the given static shapes (TVM compiles static shapes)."""
     from ..ir.shapes import infer_shapes
-    from ..passes.oracle import copy_graph
 
-    copy = copy_graph(graph)
+    copy = graph.copy()
     for value, shape in zip(copy.inputs, shapes):
         value.type = value.type.with_shape(shape)
     infer_shapes(copy)
@@ -531,7 +536,6 @@ def optimize(
     nothing has been written.
     """
     from ..passes.base import PassContext
-    from ..passes.oracle import copy_graph
     from .scenario import load_extensions
 
     started = time.perf_counter()
@@ -544,21 +548,23 @@ def optimize(
     graph, model_label = load_graph(model, example_inputs=example_inputs, input_shapes=input_shapes)
     shapes = _feed_shapes(graph, input_shapes, measure.batch)
     feed = _example_feed(graph, example_inputs, shapes)
-    dataset = _dataset(data, shapes)
-    eval_set = _dataset(eval_data, shapes) if eval_data is not None else dataset
+    dataset = _dataset(data, graph, shapes)
+    eval_set = _dataset(eval_data, graph, shapes) if eval_data is not None else dataset
     stem = _safe_name(name or _file_stem(model) or graph.name or "model")
 
     collector = _WarningCollector()
     irtool_logger = logging.getLogger("irtool")
     irtool_logger.addHandler(collector)
     try:
-        original = copy_graph(graph)
+        original = graph.copy()
         models = []
         if measure.baseline:
             baseline = _prepare(original, targets, shapes, measure)
             models.append((baseline, _quality(baseline, feed, eval_set, measure)))
         ctx = PassContext(inputs=feed, data=dataset)
-        with _criteria_data(dataset):
+        from ..passes.criteria_data import data_scope
+
+        with data_scope(dataset):
             graph, logs = run_passes(graph, passes, ctx)
         runtimes = _prepare(graph, targets, shapes, measure)
         models.append((runtimes, _quality(runtimes, feed, eval_set, measure)))
@@ -599,16 +605,6 @@ def _cost_only(graph: Graph) -> Metrics:
     cost = graph_cost(graph)
     return Metrics(cost.params, cost.macs, cost.bytes, cost.node_count)
 
-
-def _criteria_data(dataset):
-    """Data for the data-driven pruning criteria (they read it from ``using_data``)."""
-    from contextlib import nullcontext
-
-    if dataset is None:
-        return nullcontext()
-    from ..passes.criteria_data import using_data
-
-    return using_data(dataset)
 
 
 def _data_file_bytes(path: Path) -> int:

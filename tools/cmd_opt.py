@@ -1,7 +1,7 @@
 """``irtool opt -p PIPELINE MODEL -o OUT``: run a pass pipeline and write the result.
 
-The pipeline is validated before the model is loaded, and the output is written last and
-atomically: any error leaves no output file and the input untouched.
+The pipeline and the data file are validated before the model is loaded, and the output is
+written last and atomically: any error leaves no output file and the input untouched.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..ir.errors import IrtoolError
 from .cmd_show import add_input_shape_argument, input_shapes
-from .model_io import load_model, save_model
+from .model_io import load_model, model_data, read_arrays, save_model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-p", "--pipeline", required=True, help="passes, e.g. 'fold-bn,prune{sparsity=0.5},dce'")
     parser.add_argument("-o", "--output", help="where to write the optimised ONNX model (omit for a dry run)")
     add_input_shape_argument(parser)
+    parser.add_argument(
+        "--data",
+        metavar="FILE",
+        help="calibration and criteria data: .npz with an array per input name (and 'labels'), or one .npy",
+    )
     parser.add_argument(
         "--verify", action="store_true", help="check the result against the original with the equivalence oracle"
     )
@@ -40,16 +45,16 @@ def _check_output(output: str | None) -> None:
 
 
 def _load_oracle():
-    """``(copy_graph, check_equivalence)``, or a clear error before any work is done."""
+    """``check_equivalence``, or a clear error before any work is done."""
     try:
-        from ..passes.oracle import check_equivalence, copy_graph
+        from ..passes.oracle import check_equivalence
     except ModuleNotFoundError as exc:
         if exc.name != "irtool.passes.oracle":
             raise
         raise IrtoolError(
             "--verify needs the equivalence oracle (irtool.passes.oracle), which is not available"
         ) from None
-    return copy_graph, check_equivalence
+    return check_equivalence
 
 
 def _report_equivalence(report) -> None:
@@ -62,16 +67,19 @@ def run(args: argparse.Namespace) -> int:
     from ..passes.base import PassContext, PassManager
     from ..passes.cost import format_comparison, graph_cost
     from ..passes.pipeline import parse_pipeline
+    from ..passes.criteria_data import data_scope
 
     passes = parse_pipeline(args.pipeline)
     shapes = input_shapes(args)
     _check_output(args.output)
-    copy_graph, check_equivalence = _load_oracle() if args.verify else (None, None)
+    check_equivalence = _load_oracle() if args.verify else None
+    arrays = read_arrays(args.data) if args.data is not None else None
 
     graph = load_model(args.model, shapes)
-    original = copy_graph(graph) if args.verify else None
+    data = model_data(arrays, graph, name=args.data) if arrays is not None else None
+    original = graph.copy() if args.verify else None
     before = graph_cost(graph)
-    ctx = PassContext()
+    ctx = PassContext(data=data)
     # The oracle checks structural passes only: verify the graph before the first pass that
     # changes the model's function on purpose (quantize, sparsify, finetune), then go on.
     split = next((i for i, p in enumerate(passes) if not p.preserves_function), len(passes))
@@ -82,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
             manager = PassManager(
                 stage, verify=args.verify_each, print_ir_after_all=args.print_ir_after_all, fixpoint=args.fixpoint
             )
-            result = manager.run(graph, ctx)
+            with data_scope(data):
+                result = manager.run(graph, ctx)
             graph = result.graph
             records.append(result)
         if args.verify and index == 0:
