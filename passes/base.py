@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TextIO
 
-from ..ir.core import Graph, Value
+from ..ir.core import Graph
 from ..ir.errors import IrtoolError
 from .pipeline import PassOption, RawOption, format_value
 from .registry_table import BUILTIN_ANALYSES, BUILTIN_PASSES, PASS_ENTRY_POINT_GROUP
@@ -145,11 +145,6 @@ def _same_value(a: Any, b: Any) -> bool:
 def _did_you_mean(word: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def release_name(graph: Graph, value: Value) -> None:
-    """Free ``value``'s name for its replacement (``Graph.take_name``)."""
-    graph.take_name(value.name)
 
 
 # -- registry ----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from ..ir.core import Graph, Node, Value
 from ..ir.errors import IrtoolError
 from ..ir.registry import opdef_of
 from ..ir.types import DType
-from .base import Pass, PassContext, PassResult, release_name
+from .base import Pass, PassContext, PassResult
 
 REFERENCE_OPSET = 18
 """IR ops follow opset-18 semantics (see ir/registry.py); fold under at least that opset."""
@@ -174,9 +174,7 @@ class ConstantFold(Pass):
                 declared = value.type.dtype.numpy if value.type is not None else array.dtype
                 if declared != array.dtype and declared.kind != "O":
                     array = array.astype(declared)
-                name = value.name
-                release_name(graph, value)
-                value.replace_all_uses_with(graph.add_constant(name, array))
+                value.replace_all_uses_with(graph.add_constant(graph.take_name(value.name), array))
             folded.append(node)
             inputs_of_folded.update((v, None) for v in node.inputs if v is not None and v.is_const)
         graph.remove_nodes(folded)

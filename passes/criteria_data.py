@@ -103,8 +103,8 @@ def _source(name: str, ctx: Any) -> CriterionData:
     bound = _active.get()
     if bound is None:
         raise IrtoolError(
-            f"criterion '{name}' needs data: run prune with PassContext(data=...) "
-            "or inside irtool.passes.criteria_data.using_data(data)",
+            f"criterion '{name}' needs data: give irtool opt --data FILE, PassContext(data=...), "
+            "or run inside irtool.passes.criteria_data.using_data(data)",
             where="prune",
         )
     return bound

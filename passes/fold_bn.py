@@ -16,7 +16,7 @@ import numpy as np
 
 from ..ir.core import Graph, Node, Value
 from ..ir.registry import OpDef, opdef_of
-from .base import Pass, PassContext, PassResult, release_name
+from .base import Pass, PassContext, PassResult
 
 BN_LABEL = "bn"
 WEIGHT_INPUT = 1
@@ -117,9 +117,7 @@ def _apply(graph: Graph, plan: _Plan) -> None:
     graph.remove_nodes([bn])
     if keep_name:
         # The graph output keeps its name: callers feed and fetch by name.
-        name = y.name
-        release_name(graph, y)
-        graph.rename_value(x, name)
+        graph.rename_value(x, graph.take_name(y.name))
     for value in dict.fromkeys(params):
         if value.is_const and not value.uses and not value.is_graph_output and value.graph is graph:
             graph.remove_constant(value)
