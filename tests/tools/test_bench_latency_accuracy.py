@@ -1,0 +1,69 @@
+"""The accuracy-at-equal-latency benchmark runs end to end on a tiny setting: both prunes are
+smaller than the unpruned model, the targeted one is predicted within its target, accuracies
+are fractions, and the table and report are written. Timings are not compared (shared machine)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from irtool.tools import bench_latency_accuracy
+
+ARGS = ["--size", "16", "--seeds", "0", "--epochs", "1", "--train-epochs", "2", "--runs", "3", "--rounds", "2"]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """The written report, which holds what is printed."""
+    out = tmp_path_factory.mktemp("bench") / "table.md"
+    threads = torch.get_num_threads()
+    assert bench_latency_accuracy.main([*ARGS, "--out", str(out)]) == 0
+    assert torch.get_num_threads() == threads
+    return out.read_text()
+
+
+def _rows(text: str) -> dict[str, list[str]]:
+    lines = [l for l in text.splitlines() if l.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header == ["method", "latency ms", "speedup", "MACs", "MAC reduction", "params", "accuracy pruned", "accuracy fine-tuned"]
+    return {cells[0]: cells for cells in ([c.strip() for c in l.strip("|").split("|")] for l in lines[1:])}
+
+
+def _macs(cell: str) -> float:
+    number, _, prefix = cell.partition(" ")
+    return float(number) * {"": 1, "k": 1e3, "M": 1e6, "G": 1e9}[prefix]
+
+
+def test_table_rows_costs_and_accuracies(report):
+    rows = _rows(report)
+    assert list(rows) == ["unpruned", "uniform 0.5", "latency-targeted"]
+    unpruned = _macs(rows["unpruned"][3])
+    for name in ("uniform 0.5", "latency-targeted"):
+        assert _macs(rows[name][3]) < unpruned
+        assert float(rows[name][4].rstrip("x")) > 1
+        assert float(rows[name][1]) > 0
+    for name, cells in rows.items():
+        accuracies = [float(c.rstrip("%")) / 100 for c in cells[6:] if c != "-"]
+        assert accuracies and all(0 <= a <= 1 for a in accuracies)
+    assert rows["unpruned"][7] == "-" and rows["uniform 0.5"][7] != "-"
+    assert re.search(r"bar \(at least as accurate at the same measured latency\): (holds|fails)", report)
+
+
+def test_targeted_prune_is_predicted_within_its_target(report):
+    target, predicted = map(float, re.search(r"seed 0: target ([\d.]+) ms \(try \d\), targeted predicted ([\d.]+) ms", report).groups())
+    assert 0 < predicted <= target
+    kept = re.search(r"channels kept, targeted: (.*)", report).group(1)
+    assert kept and all(int(k) >= 1 for k in re.findall(r"=(\d+)", kept))
+
+
+def test_bad_input_is_one_error_line(capsys):
+    with pytest.raises(SystemExit) as raised:
+        bench_latency_accuracy.main(["--size", "12"])
+    assert raised.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--size 12 is not a multiple of 8" in err
+    with pytest.raises(SystemExit):
+        bench_latency_accuracy.main(["--seeds", "a,b"])
+    assert "seeds 'a,b' are not integers" in capsys.readouterr().err
