@@ -176,8 +176,11 @@ def test_sweep_writes_speedup_against_mac_reduction(tmp_path, capsys):
     assert bench_sweep.main(argv + ["--runs", "4", "--warmup", "1", "--rounds", "2", "--out", str(out)]) == 0
     with open(f"{out}.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert [(r["model"], float(r["sparsity"])) for r in rows] == [("resnet18", 0.0), ("resnet18", 0.5)]
-    base, pruned = rows
+    assert [(r["model"], float(r["sparsity"]), int(r["round_to"])) for r in rows] == [
+        ("resnet18", 0.0, 1), ("resnet18", 0.5, 1), ("resnet18", 0.5, 8)
+    ]  # fmt: skip
+    base, pruned, aligned = rows
+    assert int(aligned["macs"]) == int(pruned["macs"])  # half of 64..512 channels is a multiple of 8 already
     assert float(base["mac_reduction"]) == 1.0 and float(base["speedup"]) == 1.0
     assert float(pruned["mac_reduction"]) > 2.0  # half the channels of most layers: about a quarter of the MACs
     assert int(base["macs"]) / int(pruned["macs"]) == pytest.approx(float(pruned["mac_reduction"]), rel=1e-3)
