@@ -13,6 +13,9 @@ unpruned one, and when it misses the target by more than the tolerance the targe
 the chooser is corrected by the measured/predicted ratio at that operating point and the
 channels are chosen again (a few rounds at most). The model predicts relative changes well
 but a runtime's fused kernels and layouts shift the absolute point; one correction removes it.
+
+With ``int8`` the latency model and every measured model are the int8 ones the ``quantize`` pass
+makes, so ``prune{target-latency=0.5 int8=true},quantize`` meets the target as shipped.
 """
 
 from __future__ import annotations
@@ -29,7 +32,17 @@ from ..ir.core import Graph
 from ..ir.errors import IrtoolError
 from .criteria import importance
 from .dependency import ChannelAnalysis, ChannelGroup
-from .latency import LatencyModel, LayerWork, build_latency_model, compare_ms, layer_work, session_call
+from .latency import (
+    LatencyModel,
+    LayerWork,
+    build_latency_model,
+    check_int8_backend,
+    compare_ms,
+    layer_work,
+    quantized_copy,
+    session_call,
+)
+from .quantize import is_quantized
 from .sensitivity import Sensitivity, load_sensitivity
 
 STEPS_PER_GROUP = 16
@@ -210,6 +223,8 @@ class Budget:
     """A channel multiple; 0: the latency model's measured one for a latency target, else 1."""
     min_channels: int = 1
     seed: int = 0
+    int8: bool = False
+    """Time the models quantized as the ``quantize`` pass does: the target is the int8 model's."""
 
     @property
     def active(self) -> bool:
@@ -228,6 +243,10 @@ class Budget:
             raise IrtoolError("sensitivity steers a target: give target-macs or target-latency", where="prune")
         if (self.backend, self.threads) != ("ort", 1) and not self.target_latency:
             raise IrtoolError("backend and threads say where target-latency is measured: give target-latency", where="prune")
+        if self.int8 and not self.target_latency:
+            raise IrtoolError("int8 says target-latency is the int8 model's: give target-latency", where="prune")
+        if self.int8:
+            check_int8_backend(self.backend)
 
 
 @dataclass
@@ -287,6 +306,11 @@ def choose_to_budget(
     budget.validate()
     if not budget.active:
         raise IrtoolError("a budget needs target-macs or target-latency", where="prune")
+    if is_quantized(graph):
+        raise IrtoolError(
+            "a target is chosen on the float model and this one already has quantize/dequantize ops: "
+            "prune before quantize (int8=true times the int8 model)", where="prune",
+        )
     sensitivity = load_sensitivity(budget.sensitivity, analysis) if budget.sensitivity else None
     choose = partial(
         choose_channels, graph, analysis, criterion=budget.criterion, min_channels=budget.min_channels,
@@ -297,13 +321,14 @@ def choose_to_budget(
         return BudgetChoice(choose(target_macs=budget.target_macs, round_to=round_to), round_to)
     model = latency_model or build_latency_model(
         graph, analysis, backend=budget.backend, threads=budget.threads,
-        probe_alignment=budget.round_to == 0, round_to=budget.round_to or 1,
+        probe_alignment=budget.round_to == 0, round_to=budget.round_to or 1, int8=budget.int8,
     )
     built = [] if latency_model is not None else model.format().splitlines()
-    if (model.backend, model.threads) != (budget.backend, budget.threads):
+    if (model.backend, model.threads, model.int8) != (budget.backend, budget.threads, budget.int8):
+        kinds = ("float", "int8")
         raise IrtoolError(
-            f"the latency model is of {model.backend} at {model.threads} thread(s), the target of "
-            f"{budget.backend} at {budget.threads}", where="prune",
+            f"the latency model is of {kinds[model.int8]} {model.backend} at {model.threads} thread(s), the target of "
+            f"{kinds[budget.int8]} {budget.backend} at {budget.threads}", where="prune",
         )
     round_to = budget.round_to or model.round_to
     choice = BudgetChoice({}, round_to, model, log=built)
@@ -312,10 +337,11 @@ def choose_to_budget(
 
 
 def _close_the_loop(graph: Graph, budget: Budget, choice: BudgetChoice, choose, max_rounds: int, tolerance: float) -> None:
-    """Choose, prune a copy, measure it beside the unpruned model; correct and repeat."""
+    """Choose, prune a copy, measure it beside the unpruned model (both quantized with int8);
+    correct and repeat."""
     model = choice.model
     full = model.predict()
-    unpruned = session_call(graph, backend=budget.backend, threads=budget.threads)
+    unpruned = _session(graph, budget)
     chooser_ms = resolve_target(budget.target_latency, full, "ms")
     while len(choice.rounds) < max_rounds:
         try:
@@ -329,7 +355,7 @@ def _close_the_loop(graph: Graph, budget: Budget, choice: BudgetChoice, choose, 
         if any(r.keep == keep for r in choice.rounds):
             choice.log.append(f"latency round {len(choice.rounds) + 1}: corrected target {chooser_ms:.3f} ms chose the same channels again")
             break
-        pruned = session_call(_pruned_copy(graph, keep), backend=budget.backend, threads=budget.threads)
+        pruned = _session(_pruned_copy(graph, keep), budget)
         base, after = compare_ms([unpruned, pruned])
         goal = resolve_target(budget.target_latency, base, "ms")
         measured = LatencyRound(chooser_ms, keep, model.predict(keep), base, after, goal)
@@ -346,6 +372,11 @@ def _close_the_loop(graph: Graph, budget: Budget, choice: BudgetChoice, choose, 
         f"(target {best.unpruned_ms / best.goal_ms:.2f}x), round {choice.rounds.index(best) + 1} of {len(choice.rounds)}, "
         f"round-to {choice.round_to}"
     )
+
+
+def _session(graph: Graph, budget: Budget):
+    """A ``session_call`` of ``graph`` as the budget times it: quantized first with int8."""
+    return session_call(quantized_copy(graph) if budget.int8 else graph, backend=budget.backend, threads=budget.threads)
 
 
 def closest_round(rounds: list[LatencyRound], tolerance: float = LATENCY_TOLERANCE) -> LatencyRound:

@@ -13,6 +13,11 @@ alignment probe has timed whole pruned models, overhead and scale are fitted to 
 
 Timings are cached per machine, backend and thread count in a JSON table keyed by each layer
 model's signature (op, attributes, shapes), so repeated layers and repeated runs reuse them.
+
+With ``int8`` every model timed (the one-layer models, the whole model, the probe's prunes) is
+first quantized as the ``quantize`` pass quantizes it, so the target is met by the int8 model
+that ships, not the float one. A one-layer model then reads and writes int8 codes, as the layer
+does inside the int8 model. int8 timings live in their own table under their own keys.
 """
 
 from __future__ import annotations
@@ -44,6 +49,9 @@ DEFAULT_FRACTIONS = (1.0, 0.75, 0.5, 0.25)
 
 ALIGNMENTS = (16, 8, 4, 2)
 """Channel multiples whose speed the alignment probe compares."""
+
+INT8_CALIBRATION_ROWS = 4
+"""Random calibration rows of an int8 timing copy: the scales they give change no kernel."""
 
 
 # -- relative work of a layer ----------------------------------------------------------------------
@@ -199,6 +207,57 @@ def _plain(value) -> str:
     return str(value)
 
 
+# -- int8 --------------------------------------------------------------------------------------------
+def check_int8_backend(backend: str) -> None:
+    """int8 latency is onnxruntime's: TVM runs quantize/dequantize as float fake-quant."""
+    if backend != "ort":
+        raise IrtoolError(
+            f"int8=true needs backend=ort: the {backend} backend runs quantize/dequantize as float, "
+            "so its int8 latency says nothing about an int8 model", where="prune",
+        )
+
+
+def quantized_copy(graph: Graph) -> Graph:
+    """A copy of the float ``graph`` quantized as the ``quantize`` pass does by default (int8
+    QDQ), calibrated quietly on a few random inputs: what int8 latency is timed on."""
+    from .base import PassContext
+    from .oracle import copy_graph
+    from .quantize import Quantize, is_quantized
+
+    if is_quantized(graph):
+        raise IrtoolError(
+            f"'{graph.name}' already has quantize/dequantize ops; int8 latency is timed on the float "
+            "model quantized as the quantize pass does: prune the float model, then quantize", where="prune",
+        )
+    copy = copy_graph(graph)
+    Quantize(samples=INT8_CALIBRATION_ROWS).run(copy, PassContext(logger=_QUIET))
+    return copy
+
+
+def _timed(graph: Graph, int8: bool) -> Graph:
+    return quantized_copy(graph) if int8 else graph
+
+
+def _int8_layer(graph: Graph) -> Graph:
+    """A one-layer model quantized, reading and writing int8 codes as the layer does between
+    other int8 layers: a lone layer's float conversions at its edges are not paid in the chain."""
+    quantized = quantized_copy(graph)
+    for i, value in enumerate(list(quantized.inputs)):
+        if len(value.uses) == 1 and value.uses[0][0].op == "QuantizeLinear":
+            quantize = value.uses[0][0]
+            codes = quantized.add_input(f"{value.name}_codes", quantize.outputs[0].type)
+            quantize.outputs[0].replace_all_uses_with(codes)
+            quantized.remove_nodes([quantize])
+            quantized.inputs.pop()  # the codes take the float input's place
+            quantized.inputs[i] = codes
+    for value in list(quantized.outputs):
+        dequantize = value.producer
+        if dequantize is not None and dequantize.op == "DequantizeLinear" and not dequantize.inputs[0].is_const:
+            quantized.outputs = [dequantize.inputs[0] if v is value else v for v in quantized.outputs]
+            quantized.remove_nodes([dequantize])
+    return quantized
+
+
 # -- measuring ------------------------------------------------------------------------------------------
 def measure_graph_ms(graph: Graph, *, backend: str = "ort", threads: int = 1, runs: int = 10, warmup: int = 3) -> float:
     """Latency in ms of one inference of ``graph`` on random inputs: the 10th percentile,
@@ -254,19 +313,22 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def cache_path(backend: str, threads: int) -> Path:
-    """``$IRTOOL_CACHE_DIR`` (or ``~/.cache/irtool``)/``latency-<backend>-<threads>-<cpu hash>.json``."""
+def cache_path(backend: str, threads: int, *, int8: bool = False) -> Path:
+    """``$IRTOOL_CACHE_DIR`` (or ``~/.cache/irtool``)/``latency-<backend>[-int8]-<threads>-<cpu hash>.json``."""
     folder = Path(os.environ.get("IRTOOL_CACHE_DIR") or Path.home() / ".cache" / "irtool")
     digest = hashlib.sha1(cpu_model().encode()).hexdigest()[:12]
-    return folder / f"latency-{backend}-{threads}-{digest}.json"
+    return folder / f"latency-{backend}{'-int8' if int8 else ''}-{threads}-{digest}.json"
 
 
 class LatencyTable:
-    """Cached layer timings (ms by signature) of one machine, backend and thread count."""
+    """Cached layer timings (ms by signature) of one machine, backend and thread count, float
+    or, with ``int8``, of the layers quantized (keys ``int8|<signature>``, so the two never mix)."""
 
-    def __init__(self, backend: str = "ort", threads: int = 1, *, runs: int = 10, path: Path | None = None):
-        self.backend, self.threads, self.runs = backend, threads, runs
-        self.path = path or cache_path(backend, threads)
+    def __init__(
+        self, backend: str = "ort", threads: int = 1, *, runs: int = 10, path: Path | None = None, int8: bool = False
+    ):
+        self.backend, self.threads, self.runs, self.int8 = backend, threads, runs, int8
+        self.path = path or cache_path(backend, threads, int8=int8)
         self.entries: dict[str, float] = {}
         self.measured = 0
         if self.path.exists():
@@ -276,13 +338,18 @@ class LatencyTable:
                 self.entries = {}
 
     def time(self, graph: Graph) -> float:
-        """The layer's own latency: its one-node model's, less the runtime's per-run cost."""
-        key = signature(graph)
+        """The layer's own latency: its one-node model's (quantized with ``int8``), less the
+        runtime's per-run cost."""
+        key = self.key(graph)
         if key not in self.entries:
-            ms = measure_graph_ms(graph, backend=self.backend, threads=self.threads, runs=self.runs)
+            timed = _int8_layer(graph) if self.int8 else graph
+            ms = measure_graph_ms(timed, backend=self.backend, threads=self.threads, runs=self.runs)
             self.entries[key] = max(ms - self.run_overhead(), 0.0)
             self.measured += 1
         return self.entries[key]
+
+    def key(self, graph: Graph) -> str:
+        return ("int8|" if self.int8 else "") + signature(graph)
 
     def run_overhead(self) -> float:
         """Latency of a model that does nothing (one Relu of one number), cached."""
@@ -296,7 +363,7 @@ class LatencyTable:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"backend": self.backend, "threads": self.threads, "cpu": cpu_model()}
+        meta = {"backend": self.backend, "threads": self.threads, "int8": self.int8, "cpu": cpu_model()}
         atomic_write_text(self.path, json.dumps({"meta": meta, "layers": self.entries}, indent=0, sort_keys=True))
 
 
@@ -339,6 +406,8 @@ class LatencyModel:
     """Channel multiple -> whole-model latency per MAC at that multiple, relative to multiples of 1."""
     round_to: int = 1
     """The channel multiple the probe found worth rounding to (1: none)."""
+    int8: bool = False
+    """Timed on the models quantized as the ``quantize`` pass does."""
 
     def layer_sum(self, keep: Mapping[int, int] | None = None) -> float:
         keep = keep or {}
@@ -350,7 +419,7 @@ class LatencyModel:
 
     def format(self) -> str:
         lines = [
-            f"latency model: {self.backend}, {self.threads} thread(s), {len(self.layers)} layers",
+            f"latency model: {self.backend}{' int8' if self.int8 else ''}, {self.threads} thread(s), {len(self.layers)} layers",
             f"measured {self.measured_ms:.3f} ms = {self.scale:.3f} x layers {self.layer_sum():.3f} ms + overhead {self.overhead_ms:.3f} ms",
         ]
         if self.alignment:
@@ -370,16 +439,23 @@ def build_latency_model(
     probe_alignment: bool = True,
     round_to: int = 1,
     table: LatencyTable | None = None,
+    int8: bool = False,
 ) -> LatencyModel:
     """Time every weighted layer of the (prepared, static-shaped) ``graph`` at ``fractions`` of
     its groups' channels, and the whole model once; caches timings in ``table``.
 
     With ``probe_alignment`` the channel multiple to round to is measured first (see
-    ``alignment_probe``) and replaces ``round_to``; layers are timed at multiples of it."""
-    table = table or LatencyTable(backend, threads, runs=runs)
-    call = session_call(graph, backend=backend, threads=threads)
+    ``alignment_probe``) and replaces ``round_to``; layers are timed at multiples of it.
+    With ``int8`` every model is timed quantized (see ``quantized_copy``)."""
+    if int8:
+        check_int8_backend(backend)
+    table = table or LatencyTable(backend, threads, runs=runs, int8=int8)
+    if table.int8 != int8:
+        kinds = ("float", "int8")
+        raise IrtoolError(f"the latency table holds {kinds[table.int8]} timings, the model asks {kinds[int8]}", where="latency")
+    call = session_call(_timed(graph, int8), backend=backend, threads=threads)
     whole = call_ms(call, runs=max(runs, 20))
-    samples = alignment_probe(graph, backend=backend, threads=threads) if probe_alignment else []
+    samples = alignment_probe(graph, backend=backend, threads=threads, int8=int8) if probe_alignment else []
     alignment = alignment_profile(samples) if samples else {}
     round_to = best_alignment(alignment) if samples else max(round_to, 1)
     channels = {g.id: g.channels for g in analysis.groups}
@@ -400,7 +476,7 @@ def build_latency_model(
     # the quieter of two measurements, before and after the layers: load on a shared machine
     # comes in bursts, and a burst would land in the overhead
     measured = min(whole, call_ms(call, runs=max(runs, 20)))
-    model = LatencyModel(backend, threads, layers, channels, measured, 0.0)
+    model = LatencyModel(backend, threads, layers, channels, measured, 0.0, int8=int8)
     layers_ms = model.layer_sum()
     model.overhead_ms = min(table.run_overhead(), measured)
     if layers_ms > 0:
@@ -424,21 +500,22 @@ class ProbeSample:
 
 
 def alignment_probe(
-    graph: Graph, *, backend: str = "ort", threads: int = 1, sparsity: float = 0.3, runs: int = 20
+    graph: Graph, *, backend: str = "ort", threads: int = 1, sparsity: float = 0.3, runs: int = 20, int8: bool = False
 ) -> list[ProbeSample]:
     """Time, interleaved, the unpruned model (multiple 0) and uniform prunes whose channel
-    counts are multiples of 1, 2, 4, 8, 16. Runtimes run aligned counts faster (blocked
-    layouts), and that shows only across chained layers, so the probe times whole models."""
+    counts are multiples of 1, 2, 4, 8, 16 (all quantized with ``int8``). Runtimes run aligned
+    counts faster (blocked layouts), and that shows only across chained layers, so the probe
+    times whole models."""
     from .cost import graph_cost
     from .oracle import copy_graph
     from .prune import prune_graph
 
-    calls = [session_call(graph, backend=backend, threads=threads)]
+    calls = [session_call(_timed(graph, int8), backend=backend, threads=threads)]
     samples = [ProbeSample(0, {}, 0.0, graph_cost(graph).macs)]
     for n in (1, *sorted(ALIGNMENTS)):
         pruned = copy_graph(graph)
         report = prune_graph(pruned, sparsity=sparsity, round_to=n, logger=_QUIET)
-        calls.append(session_call(pruned, backend=backend, threads=threads))
+        calls.append(session_call(_timed(pruned, int8), backend=backend, threads=threads))
         keep = {change.group.id: change.after for change in report.groups}
         samples.append(ProbeSample(n, keep, 0.0, max(graph_cost(pruned).macs, 1)))
     for sample, ms in zip(samples, compare_ms(calls, runs=runs)):

@@ -549,7 +549,8 @@ class Prune(Pass):
 
     ``target-latency`` (``0.5``, ``50%`` of the unpruned, or ``3.5ms``) or ``target-macs``
     replaces the sparsity: each group's channel count is chosen to reach the target
-    (``passes/budget.py``), a latency target on the measured latency of ``backend`` at ``threads``.
+    (``passes/budget.py``), a latency target on the measured latency of ``backend`` at ``threads``;
+    with ``int8=true``, of the model as the ``quantize`` pass leaves it, for ``prune{...},quantize``.
     """
 
     name = "prune"
@@ -568,6 +569,7 @@ class Prune(Pass):
     target_macs: str = field(default="", metadata={"help": "MACs to reach instead of a sparsity: a fraction (0.5, 50%) or a count"})
     backend: Literal["ort", "tvm"] = field(default="ort", metadata={"help": "backend target-latency is measured on"})
     threads: int = field(default=1, metadata={"help": "thread count target-latency is measured at"})
+    int8: bool = field(default=False, metadata={"help": "target-latency is of the model after quantize: time models quantized (ort)"})
     sensitivity: str = field(default="", metadata={"help": "JSON from 'irtool analyze --sensitivity --json' steering a target's choice"})
 
     def __post_init__(self) -> None:

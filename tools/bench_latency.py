@@ -10,8 +10,9 @@ MAC reduction) of both prunes, and PASS/FAIL for issue #9's bars: measured speed
 of the target, efficiency at least 0.9 and at least the uniform prune's. Latencies are 10th
 percentiles (the quiet-machine latency; see ``irtool.passes.latency.measure_graph_ms``); on a
 machine shared with other work a miss can be noise, so run it again before reading much into
-one. With ``--resnet50`` it also builds ResNet-50's table and compares predicted with measured
-latency, unpruned and at a uniform 50% prune.
+one. With ``--int8`` the target is the int8 model's (``prune{target-latency int8=true}``, after
+``fold-bn``) and the three models are measured after the ``quantize`` pass. With ``--resnet50`` it also builds
+ResNet-50's table and compares predicted with measured latency, unpruned and at a uniform 50% prune.
 
 Run from the repository root: ``python tools/bench_latency.py [--size 224] [--threads 1]``.
 """
@@ -60,21 +61,34 @@ _QUIET = logging.getLogger("irtool.bench_latency")
 _QUIET.propagate = False
 
 
-def target_run(name: str, size: int, backend: str, threads: int, target: float, runs: int, rounds: int, folder: Path) -> None:
+def _passes(pipeline: str, graph):
+    """A copy of ``graph`` after ``pipeline``."""
+    from irtool.passes.base import PassManager
+    from irtool.passes.oracle import copy_graph
+
+    return PassManager(pipeline).run(copy_graph(graph)).graph
+
+
+def target_run(
+    name: str, size: int, backend: str, threads: int, target: float, runs: int, rounds: int, folder: Path, int8: bool = False
+) -> None:
     from irtool.passes.budget import Budget, choose_to_budget
     from irtool.passes.cost import graph_cost
     from irtool.passes.dependency import analyze_channels
     from irtool.passes.latency import build_latency_model, compare_ms, session_call
 
     graph = _zoo_graph(name, size, folder)
+    if int8:  # batch norms left between int8 convs would run in float: fold-bn,prune{...},quantize
+        graph = _passes("fold-bn", graph)
     analysis = analyze_channels(graph)
     start = time.perf_counter()
-    model = build_latency_model(graph, analysis, backend=backend, threads=threads)
+    model = build_latency_model(graph, analysis, backend=backend, threads=threads, int8=int8)
     built = time.perf_counter() - start
-    print(f"{name} {size}x{size}, {backend}, {threads} thread(s): latency model built in {built:.1f} s")
+    print(f"{name} {size}x{size}, {backend}{' int8' if int8 else ''}, {threads} thread(s): latency model built in {built:.1f} s")
     print(model.format())
     # the prune pass's own choice: chooser, then the loop closed on measured latency
-    choice = choose_to_budget(graph, analysis, Budget(target_latency=str(target), backend=backend, threads=threads), latency_model=model)
+    wanted = Budget(target_latency=str(target), backend=backend, threads=threads, int8=int8)
+    choice = choose_to_budget(graph, analysis, wanted, latency_model=model)
     print("\n".join(choice.log))
     keep = choice.keep
     # the uniform prune whose predicted latency is closest to the budget prune's
@@ -84,7 +98,8 @@ def target_run(name: str, size: int, backend: str, threads: int, target: float, 
     uniform_keep = _uniform_keep(analysis, uniform_s, model.round_to)
     budget = _pruned(graph, analyze_channels, keep)
     uniform = _pruned(graph, analyze_channels, uniform_keep)
-    calls = [session_call(g, backend=backend, threads=threads) for g in (graph, budget, uniform)]
+    shipped = [_passes("quantize", g) if int8 else g for g in (graph, budget, uniform)]  # as prune{...},quantize leaves them
+    calls = [session_call(g, backend=backend, threads=threads) for g in shipped]
     base, budget_ms, uniform_ms = compare_ms(calls, runs=runs, rounds=rounds)
     macs = graph_cost(graph).macs
     rows = [
@@ -143,14 +158,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", type=float, default=0.5, help="latency target as a fraction of the unpruned (default 0.5)")
     parser.add_argument("--runs", type=int, default=60, help="timed runs per model (default 60)")
     parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds the runs are spread over (default 10)")
+    parser.add_argument("--int8", action="store_true", help="prune for and measure the models after the quantize pass (ort)")
     parser.add_argument("--resnet50", action="store_true", help="also time building ResNet-50's latency table")
     parser.add_argument("--cache", action="store_true", help="use the user's latency cache instead of a fresh one")
     args = parser.parse_args(argv)
+    if args.int8 and args.backend != "ort":
+        parser.error("--int8 needs --backend ort: TVM runs quantize/dequantize as float")
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory(prefix="irtool-bench-") as folder:
         if not args.cache:
             os.environ["IRTOOL_CACHE_DIR"] = folder
-        target_run(args.model, args.size, args.backend, args.threads, args.target, args.runs, args.rounds, Path(folder))
+        target_run(args.model, args.size, args.backend, args.threads, args.target, args.runs, args.rounds, Path(folder), args.int8)
         if args.resnet50:
             resnet_run(args.size, args.threads, args.runs, args.rounds, Path(folder))
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

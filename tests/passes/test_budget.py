@@ -1,7 +1,7 @@
 """The budget chooser and ``prune{target-macs=...}``/``prune{target-latency=...}``: MAC targets
 reached exactly (within one step of rounding), round-to respected, sensitivity steering the
-choice, the latency loop corrected by measurement, the pipeline's data reaching data-driven
-criteria, bad targets refused."""
+choice, the latency loop corrected by measurement (on int8 models with ``int8=true``), the
+pipeline's data reaching data-driven criteria and fine-tuning after a target, bad targets refused."""
 
 from __future__ import annotations
 
@@ -19,8 +19,10 @@ from irtool.passes.dependency import analyze_channels
 from irtool.passes.latency import LatencyModel, LayerLatency, build_latency_model, layer_work, predicted_macs
 from irtool.passes.oracle import check_equivalence, copy_graph
 from irtool.passes.pipeline import parse_pipeline
+from irtool.ir.types import DType, TensorType
 from irtool.passes.prune import Prune
 from tests.passes.test_dependency import zoo_graph
+from tests.passes.test_sparsify import small_cnn
 from tests.passes.test_latency import _channels, _prune_to, cache_dir, tiny_graph  # noqa: F401 - fixture
 
 
@@ -126,19 +128,27 @@ def test_pass_with_latency_target_reports_prediction_and_measurement(cache_dir):
     assert check_equivalence(graph, result.graph).ok
 
 
-def _mac_latency_model(analysis, ms_per_mac: float) -> LatencyModel:
+def _mac_latency_model(analysis, ms_per_mac: float, int8: bool = False) -> LatencyModel:
     """A latency model predicting ``ms_per_mac`` per MAC and no overhead."""
     layers = [LayerLatency(w, [(0.0, 0.0), (1.0, w.macs * ms_per_mac)]) for w in layer_work(analysis)]
     channels = {g.id: g.channels for g in analysis.groups}
     full = sum(w.macs for w in layer_work(analysis)) * ms_per_mac
-    return LatencyModel("ort", 1, layers, channels, full, 0.0)
+    return LatencyModel("ort", 1, layers, channels, full, 0.0, int8=int8)
 
 
 @pytest.fixture
 def runtime_with_overhead(monkeypatch):
-    """A 'runtime' that takes 3 ms plus 1 ms per million MACs: the model above misses the 3 ms."""
+    """A 'runtime' that takes 3 ms plus 1 ms per million MACs: the model above misses the 3 ms.
+    Returns the list of graphs it timed."""
+    timed = []
+
+    def compare(graphs, **_):
+        timed.extend(graphs)
+        return [3.0 + 1e-6 * graph_cost(g).macs for g in graphs]
+
     monkeypatch.setattr(budget_module, "session_call", lambda graph, **_: graph)
-    monkeypatch.setattr(budget_module, "compare_ms", lambda graphs, **_: [3.0 + 1e-6 * graph_cost(g).macs for g in graphs])
+    monkeypatch.setattr(budget_module, "compare_ms", compare)
+    return timed
 
 
 def test_latency_loop_corrects_the_target_by_measurement(runtime_with_overhead):
@@ -161,6 +171,45 @@ def test_latency_loop_corrects_the_target_by_measurement(runtime_with_overhead):
     # pruned to the kept channels, the model runs at the measured latency the loop reported
     pruned = _prune_to(graph, choice.keep)
     assert 3.0 + 1e-6 * graph_cost(pruned).macs == pytest.approx(choice.final.measured_ms)
+
+
+def test_int8_latency_loop_times_quantized_copies(runtime_with_overhead):
+    graph = tiny_graph()
+    analysis = analyze_channels(graph)
+    model = _mac_latency_model(analysis, 1e-6, int8=True)
+    choice = choose_to_budget(graph, analysis, Budget(target_latency="0.5", int8=True), latency_model=model)
+    timed = runtime_with_overhead
+    assert len(timed) == 2 * len(choice.rounds) and len(choice.rounds) in (2, 3)
+    for ops in ({n.op for n in g.nodes} for g in timed):
+        assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    full = graph_cost(graph).macs
+    assert [graph_cost(g).macs for g in timed[::2]] == [full] * len(choice.rounds)  # the unpruned, beside each prune
+    assert all(graph_cost(g).macs < full for g in timed[1::2])
+    assert abs(choice.final.miss) <= 0.05
+    assert not any(n.op == "QuantizeLinear" for n in graph.nodes)  # the graph itself stays float
+    with pytest.raises(IrtoolError, match="latency model is of float ort at 1 thread.*the target of int8 ort at 1"):
+        choose_to_budget(graph, analysis, Budget(target_latency="0.5", int8=True), latency_model=_mac_latency_model(analysis, 1e-6))
+
+
+def test_int8_target_then_finetune_then_quantize(runtime_with_overhead, monkeypatch):
+    graph = small_cnn()
+    graph.inputs[0].type = TensorType(DType.float32, (1, 1, 8, 8))  # latency is timed at a static shape
+    built = []
+
+    def build(graph, analysis, **options):
+        built.append(options["int8"])
+        return _mac_latency_model(analysis, 1e-6, int8=options["int8"])
+
+    monkeypatch.setattr(budget_module, "build_latency_model", build)
+    spec = "prune{target-latency=0.6 int8=true round-to=2},finetune{dataset=digits max-steps=2 progress=false},quantize"
+    result = PassManager(spec).run(graph, PassContext())
+    assert built == [True] and all(any(n.op == "QuantizeLinear" for n in g.nodes) for g in runtime_with_overhead)
+    prune_log, tune_log, quant_log = (record.log for record in result.records)
+    assert prune_log[-1].startswith("latency: ") and tune_log[-1].startswith("2 steps in")
+    assert quant_log[0].startswith("int8 weights")
+    assert graph.constants["conv2.weight_quantized"].const.shape[0] < 16  # pruned, then stored as int8
+    (spec,) = parse_pipeline("prune{target-latency=0.5 int8=true}")
+    assert str(spec) == "prune{int8=true target-latency=0.5}"
 
 
 def test_latency_loop_stops_after_the_round_limit(runtime_with_overhead):
@@ -224,6 +273,9 @@ def test_bad_requests_are_refused():
         ({"target_latency": "0.5", "threads": 0}, "threads 0 must be at least 1"),
         ({"sensitivity": "sens.json"}, "prune: sensitivity steers a target: give target-macs or target-latency"),
         ({"backend": "tvm"}, "prune: backend and threads say where target-latency is measured"),
+        ({"int8": True}, "prune: int8 says target-latency is the int8 model's: give target-latency"),
+        ({"target_macs": "0.5", "int8": True}, "give target-latency"),
+        ({"target_latency": "0.5", "int8": True, "backend": "tvm"}, "prune: int8=true needs backend=ort: the tvm backend runs"),
     ]
     for options, message in cases:
         with pytest.raises(IrtoolError) as error:
@@ -231,5 +283,10 @@ def test_bad_requests_are_refused():
         assert message in str(error.value)
     with pytest.raises(IrtoolError, match="option 'backend'"):
         parse_pipeline("prune{target-latency=0.5 backend=gpu}")
+    with pytest.raises(IrtoolError, match="option 'int8'"):
+        parse_pipeline("prune{target-latency=0.5 int8=maybe}")
+    quantized = PassManager("quantize").run(copy_graph(graph)).graph
+    with pytest.raises(IrtoolError, match="already has quantize/dequantize ops: prune before quantize"):
+        PassManager("prune{target-latency=0.5 int8=true}").run(quantized)
     with pytest.raises(IrtoolError, match="unknown pass 'prune-budget'"):
         parse_pipeline("prune-budget{target-macs=0.5}")

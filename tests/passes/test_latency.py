@@ -1,5 +1,5 @@
 """The latency model: relative work of layers, one-layer models, the cached table, the
-alignment probe, the TVM backend. Timings are asserted only loosely (the machine is shared);
+alignment probe, int8 timing, the TVM backend. Timings are asserted only loosely (the machine is shared);
 structure and exact MAC bookkeeping are asserted exactly."""
 
 from __future__ import annotations
@@ -13,11 +13,15 @@ from torch import nn
 
 from irtool.backends.onnx import run_onnxruntime
 from irtool.frontends.torch import load_module
+from irtool.ir.errors import IrtoolError
+from irtool.passes import latency as latency_module
+from irtool.passes.base import PassManager
 from irtool.passes.budget import keep_selector
 from irtool.passes.cost import graph_cost
 from irtool.passes.dependency import analyze_channels
 from irtool.passes.latency import (
     LatencyTable,
+    alignment_probe,
     best_alignment,
     build_latency_model,
     cache_path,
@@ -26,6 +30,7 @@ from irtool.passes.latency import (
     layer_work,
     measure_graph_ms,
     predicted_macs,
+    quantized_copy,
 )
 from irtool.passes.oracle import copy_graph, prepare
 from irtool.passes.prune import PruneConfig, prune_graph
@@ -141,6 +146,57 @@ def test_alignment_probe_and_choice(cache_dir):
     assert best_alignment({2: 0.99, 4: 0.6, 8: 0.5, 16: 0.51}) == 8
     assert best_alignment({2: 0.99, 4: 0.98}) == 1
     assert best_alignment({}) == 1
+
+
+def test_int8_model_times_quantized_models_under_their_own_keys(cache_dir, monkeypatch):
+    graph = tiny_graph(16)
+    analysis = analyze_channels(graph)
+    timed = []
+
+    def spy(model, **options):
+        ops = frozenset(n.op for n in model.nodes)
+        timed.append((ops, model.inputs[0].type.dtype.name, model.outputs[0].type.dtype.name))
+        return session_call(model, **options)
+
+    session_call = latency_module.session_call
+    monkeypatch.setattr(latency_module, "session_call", spy)
+    plain = build_latency_model(graph, analysis, fractions=(1.0, 0.5), runs=2, probe_alignment=False)
+    float_timed, timed[:] = list(timed), []
+    int8 = build_latency_model(graph, analysis, fractions=(1.0, 0.5), runs=2, probe_alignment=False, int8=True)
+    assert len(float_timed) == len(timed) == 1 + 1 + 12  # the whole model, the empty one, 12 layer models
+    assert not any("QuantizeLinear" in ops for ops, _, _ in float_timed)
+    (whole, _, _), *layers = [t for t in timed if t[0] != {"Relu"}]  # less the empty model
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv", "Gemm"} <= whole
+    # each layer quantized, reading (and but for the float logits, writing) int8 codes as inside the int8 model
+    assert all("DequantizeLinear" in ops and i == "uint8" for ops, i, _ in layers)
+    assert sorted(out for _, _, out in layers) == ["float32"] * 2 + ["uint8"] * 10
+    timed.clear()
+    assert len(alignment_probe(graph, int8=True, runs=2)) == 6  # the unpruned and 5 uniform prunes
+    assert len(timed) == 6 and all("QuantizeLinear" in ops for ops, _, _ in timed)
+    assert (plain.int8, int8.int8) == (False, True) and "ort int8, 1 thread(s), 6 layers" in int8.format()
+    assert [len(l.points) for l in plain.layers] == [len(l.points) for l in int8.layers]
+    float_path, int8_path = cache_path("ort", 1), cache_path("ort", 1, int8=True)
+    assert int8_path.name.startswith("latency-ort-int8-1-") and float_path != int8_path
+    float_keys = set(json.loads(float_path.read_text())["layers"]) - {"run-overhead"}
+    saved = json.loads(int8_path.read_text())
+    assert saved["meta"]["int8"] is True
+    assert set(saved["layers"]) - {"run-overhead"} == {f"int8|{k}" for k in float_keys}
+    assert len(float_keys) == 12  # 6 layers at 2 fractions
+    table = LatencyTable("ort", 1, runs=2, int8=True)
+    build_latency_model(graph, analysis, fractions=(1.0, 0.5), runs=2, probe_alignment=False, table=table, int8=True)
+    assert table.measured == 0
+
+
+def test_int8_timing_is_refused_where_it_means_nothing(cache_dir):
+    graph = tiny_graph(16)
+    analysis = analyze_channels(graph)
+    with pytest.raises(IrtoolError, match="int8=true needs backend=ort: the tvm backend runs quantize/dequantize as float"):
+        build_latency_model(graph, analysis, backend="tvm", int8=True)
+    with pytest.raises(IrtoolError, match="the latency table holds float timings, the model asks int8"):
+        build_latency_model(graph, analysis, int8=True, table=LatencyTable("ort", 1))
+    quantized = PassManager("quantize").run(copy_graph(graph)).graph
+    with pytest.raises(IrtoolError, match="already has quantize/dequantize ops"):
+        quantized_copy(quantized)
 
 
 class TwoConvs(nn.Module):
