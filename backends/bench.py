@@ -149,12 +149,15 @@ def random_inputs(graph: Graph, seed: int = 0) -> list[np.ndarray]:
     return arrays
 
 
-def prepare_runner(backend: str, model_path: str, graph: Graph, threads: int, inputs: list[np.ndarray]) -> Callable[[], object]:
-    """A zero-argument call running one inference of the model on ``backend``."""
+def prepare_runner(
+    backend: str, model: "str | Graph", graph: Graph, threads: int, inputs: list[np.ndarray]
+) -> Callable[[], object]:
+    """A zero-argument call running one inference of the model on ``backend``: onnxruntime
+    loads ``model`` (a file, or the graph itself), TVM compiles ``graph``."""
     if backend == "ort":
         from .onnx import make_session
 
-        session = make_session(model_path, threads=threads)
+        session = make_session(model, threads=threads)
         feeds = {i.name: x for i, x in zip(session.get_inputs(), inputs)}
         return lambda: session.run(None, feeds)
     if backend == "tvm":

@@ -277,22 +277,11 @@ def session_call(graph: Graph, *, backend: str = "ort", threads: int = 1, seed: 
     """A zero-argument call running one inference of ``graph`` on ``backend`` (``ort`` or
     ``tvm``, compiled by irtool's TVM backend); a snapshot: later edits of the graph do not
     change it."""
-    from ..backends.bench import random_inputs
+    from ..backends.bench import BACKENDS, prepare_runner, random_inputs
 
-    inputs = random_inputs(graph, seed)
-    if backend == "ort":
-        from ..backends.onnx import make_session
-
-        session = make_session(graph, threads=threads)
-        feeds = {i.name: x for i, x in zip(session.get_inputs(), inputs)}
-        return lambda: session.run(None, feeds)
-    if backend == "tvm":
-        from ..backends.tvm import compile_graph
-
-        compiled = compile_graph(graph, threads=threads)
-        tensors = compiled.prepare(inputs)
-        return lambda: compiled.run_tensors(tensors)
-    raise IrtoolError(f"backend '{backend}' has no latency model; choose ort or tvm", where="latency")
+    if backend not in BACKENDS:
+        raise IrtoolError(f"backend '{backend}' has no latency model; choose ort or tvm", where="latency")
+    return prepare_runner(backend, graph, graph, threads, random_inputs(graph, seed))
 
 
 def compare_ms(calls, *, runs: int = 30, rounds: int = 5) -> list[float]:
