@@ -527,6 +527,12 @@ def _fit_to_whole_models(model: LatencyModel, samples: list[ProbeSample]) -> Non
     if np.ptp(sums) <= 0:
         return
     scale, overhead = np.polyfit(sums, times, 1)
+    if overhead < 0:
+        # A run cannot cost less than nothing: with few points close together (noise on a
+        # shared machine) the free line can cross zero; keep the measured per-run cost instead
+        # and fit the scale alone through it.
+        overhead = model.overhead_ms
+        scale = float(np.dot(sums, times - overhead) / np.dot(sums, sums))
     if scale > 0:
         model.scale, model.overhead_ms = float(scale), float(overhead)
         model.measured_ms = float(times[0])

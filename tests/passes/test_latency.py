@@ -228,3 +228,23 @@ def test_tvm_model_is_built_cached_and_reused(cache_dir):
     assert len(table.entries) == 1 + 4  # the run overhead and 2 layers x 2 fractions
     build_latency_model(graph, analysis, backend="tvm", fractions=(1.0, 0.5), runs=5, probe_alignment=False, table=table)
     assert table.measured == 0
+
+
+def test_whole_model_fit_never_gives_a_negative_per_run_cost():
+    from irtool.passes.latency import LatencyModel, ProbeSample, _fit_to_whole_models
+
+    class Layer:  # a layer whose latency is its kept fraction of 10 ms
+        work = type("Work", (), {"fraction": staticmethod(lambda keep, channels: keep.get(0, 4) / 4)})()
+
+        def ms(self, fraction):
+            return 10.0 * fraction
+
+    model = LatencyModel("ort", 1, [Layer()], {0: 4}, measured_ms=9.0, overhead_ms=0.2)
+    # noisy points close together whose free line crosses zero at -3 ms
+    samples = [ProbeSample(0, {}, 9.0, 4), ProbeSample(8, {0: 3}, 6.0, 3)]
+    _fit_to_whole_models(model, samples)
+    assert model.overhead_ms == 0.2
+    assert model.scale == pytest.approx((10 * 8.8 + 7.5 * 5.8) / (10 * 10 + 7.5 * 7.5))
+    model = LatencyModel("ort", 1, [Layer()], {0: 4}, measured_ms=9.0, overhead_ms=0.2)
+    _fit_to_whole_models(model, [ProbeSample(0, {}, 11.0, 4), ProbeSample(8, {0: 3}, 8.5, 3)])
+    assert model.overhead_ms == pytest.approx(1.0) and model.scale == pytest.approx(1.0)
