@@ -16,6 +16,7 @@ BUILTIN_PASSES: dict[str, str] = {
     "sparsify": "irtool.passes.sparsify:Sparsify",
     "quantize": "irtool.passes.quantize:Quantize",
     "finetune": "irtool.passes.finetune:Finetune",
+    "bn-recalibrate": "irtool.passes.recalibrate:RecalibrateBatchNorm",
 }
 
 BUILTIN_ANALYSES: dict[str, str] = {
