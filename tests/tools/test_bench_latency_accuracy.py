@@ -1,6 +1,7 @@
-"""The accuracy-at-equal-latency benchmark runs end to end on a tiny setting: both prunes are
-smaller than the unpruned model, the targeted one is predicted within its target, accuracies
-are fractions, and the table and report are written. Timings are not compared (shared machine)."""
+"""The accuracy-at-equal-latency benchmark runs end to end on a tiny setting, for the ResNet and
+for MobileNetV2: both prunes are smaller than the unpruned model, the targeted one is predicted
+within its target, accuracies are fractions, and the table and report are written. Timings are
+not compared (shared machine)."""
 
 from __future__ import annotations
 
@@ -11,17 +12,26 @@ import torch
 
 from irtool.tools import bench_latency_accuracy
 
-ARGS = ["--size", "16", "--seeds", "0", "--epochs", "1", "--train-epochs", "2", "--runs", "3", "--rounds", "2"]
+ARGS = ["--size", "16", "--seeds", "0", "--epochs", "1", "--runs", "3", "--rounds", "2"]
+MODEL_ARGS = {
+    "resnet": ["--train-epochs", "2"],
+    "mobilenet": ["--train-epochs", "1", "--width", "0.25"],
+}
+TITLES = {"resnet": "digits ResNet 16x16", "mobilenet": "digits MobileNetV2 (width 0.25) 16x16"}
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    """The written report, which holds what is printed."""
+@pytest.fixture(scope="module", params=list(MODEL_ARGS))
+def report(request, tmp_path_factory):
+    """The written report of one model, which holds what is printed."""
     out = tmp_path_factory.mktemp("bench") / "table.md"
     threads = torch.get_num_threads()
-    assert bench_latency_accuracy.main([*ARGS, "--out", str(out)]) == 0
+    argv = [*ARGS, "--model", request.param, *MODEL_ARGS[request.param], "--out", str(out)]
+    assert bench_latency_accuracy.main(argv) == 0
     assert torch.get_num_threads() == threads
-    return out.read_text()
+    text = out.read_text()
+    assert text.count("# Latency-targeted vs uniform pruning") == 1
+    assert f"# Latency-targeted vs uniform pruning, {TITLES[request.param]}\n" in text
+    return request.param, text
 
 
 def _rows(text: str) -> dict[str, list[str]]:
@@ -37,21 +47,24 @@ def _macs(cell: str) -> float:
 
 
 def test_table_rows_costs_and_accuracies(report):
+    model, report = report
+    uniform = f"uniform {bench_latency_accuracy.MODELS[model].sparsity:g}"
     rows = _rows(report)
-    assert list(rows) == ["unpruned", "uniform 0.5", "latency-targeted"]
+    assert list(rows) == ["unpruned", uniform, "latency-targeted"]
     unpruned = _macs(rows["unpruned"][3])
-    for name in ("uniform 0.5", "latency-targeted"):
+    for name in (uniform, "latency-targeted"):
         assert _macs(rows[name][3]) < unpruned
         assert float(rows[name][4].rstrip("x")) > 1
         assert float(rows[name][1]) > 0
     for name, cells in rows.items():
         accuracies = [float(c.rstrip("%")) / 100 for c in cells[6:] if c != "-"]
         assert accuracies and all(0 <= a <= 1 for a in accuracies)
-    assert rows["unpruned"][7] == "-" and rows["uniform 0.5"][7] != "-"
+    assert rows["unpruned"][7] == "-" and rows[uniform][7] != "-"
     assert re.search(r"bar \(at least as accurate at the same measured latency\): (holds|fails)", report)
 
 
 def test_targeted_prune_is_predicted_within_its_target(report):
+    _, report = report
     target, predicted = map(float, re.search(r"seed 0: target ([\d.]+) ms \(try \d\), targeted predicted ([\d.]+) ms", report).groups())
     assert 0 < predicted <= target
     kept = re.search(r"channels kept, targeted: (.*)", report).group(1)
@@ -67,3 +80,25 @@ def test_bad_input_is_one_error_line(capsys):
     with pytest.raises(SystemExit):
         bench_latency_accuracy.main(["--seeds", "a,b"])
     assert "seeds 'a,b' are not integers" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench_latency_accuracy.main(["--model", "vgg"])
+    assert "models 'vgg' are not among resnet, mobilenet" in capsys.readouterr().err
+
+
+def test_models_and_their_defaults():
+    args = bench_latency_accuracy.parse_args([])
+    assert args.models == ["resnet"] and args.sparsity is None and args.train_epochs is None
+    for name, recipe in bench_latency_accuracy.MODELS.items():
+        model_args = bench_latency_accuracy.for_model(args, name)
+        assert (model_args.model, model_args.sparsity, model_args.train_epochs) == (name, recipe.sparsity, recipe.train_epochs)
+    chosen = bench_latency_accuracy.parse_args(["--model", "mobilenet,resnet,mobilenet", "--sparsity", "0.3", "--train-epochs", "2"])
+    assert chosen.models == ["mobilenet", "resnet"]
+    assert bench_latency_accuracy.for_model(chosen, "mobilenet").sparsity == 0.3
+    assert bench_latency_accuracy.for_model(chosen, "resnet").train_epochs == 2
+
+
+def test_mobilenet_takes_one_channel():
+    model = bench_latency_accuracy._mobilenet(0.25, seed=0).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(2, 1, 16, 16)).shape == (2, 10)
+    assert model.features[0][0].in_channels == 1
