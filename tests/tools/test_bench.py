@@ -187,3 +187,14 @@ def test_sweep_writes_speedup_against_mac_reduction(tmp_path, capsys):
     ratio = float(base["median_ms"]) / float(pruned["median_ms"])
     assert float(pruned["speedup"]) == pytest.approx(ratio, rel=1e-2)
     assert Path(f"{out}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_pruned_resnet50_has_the_layers_of_resnet50_built_narrow(tmp_path, capsys):
+    from irtool.tools import bench_native
+
+    models = bench_native.build(32, 0.5, tmp_path)
+    (_, _, full), (_, _, pruned), (_, _, narrow) = models
+    assert pruned == narrow and full / pruned == pytest.approx(3.80, abs=0.01)  # 3.89 at 224x224: the fc weighs more at 32x32
+    assert bench_native.main(["--size", "32", "--threads", "1", "--runs", "2", "--rounds", "1"]) == 0
+    assert "pruned / narrow" in capsys.readouterr().out
+    assert bench_native.main(["--sparsity", "1.5"]) == 2

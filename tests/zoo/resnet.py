@@ -84,19 +84,20 @@ class Bottleneck(nn.Module):
 
 class ResNet(nn.Module):
     def __init__(self, block: Type[Union[BasicBlock, Bottleneck]], layers: list[int],
-                 num_classes: int = 1000, in_channels: int = 3) -> None:
+                 num_classes: int = 1000, in_channels: int = 3, width: float = 1.0) -> None:
         super().__init__()
-        self.inplanes = 64
+        planes = [int(p * width) for p in (64, 128, 256, 512)]  # width < 1: the natively narrow model
+        self.inplanes = planes[0]
         self.conv1 = nn.Conv2d(in_channels, self.inplanes, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(self.inplanes)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1 = self._make_layer(block, 64, layers[0])
-        self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
-        self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
-        self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
+        self.layer1 = self._make_layer(block, planes[0], layers[0])
+        self.layer2 = self._make_layer(block, planes[1], layers[1], stride=2)
+        self.layer3 = self._make_layer(block, planes[2], layers[2], stride=2)
+        self.layer4 = self._make_layer(block, planes[3], layers[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(512 * block.expansion, num_classes)
+        self.fc = nn.Linear(planes[3] * block.expansion, num_classes)
 
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -144,5 +145,5 @@ def resnet34(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
 
 
 @seeded_factory
-def resnet50(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
-    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, in_channels)
+def resnet50(num_classes: int = 1000, in_channels: int = 3, width: float = 1.0) -> ResNet:
+    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, in_channels, width)
