@@ -355,7 +355,7 @@ def _close_the_loop(graph: Graph, budget: Budget, choice: BudgetChoice, choose, 
         if any(r.keep == keep for r in choice.rounds):
             choice.log.append(f"latency round {len(choice.rounds) + 1}: corrected target {chooser_ms:.3f} ms chose the same channels again")
             break
-        pruned = _session(_pruned_copy(graph, keep), budget)
+        pruned = _session(pruned_copy(graph, keep), budget)
         base, after = compare_ms([unpruned, pruned])
         goal = resolve_target(budget.target_latency, base, "ms")
         measured = LatencyRound(chooser_ms, keep, model.predict(keep), base, after, goal)
@@ -386,14 +386,13 @@ def closest_round(rounds: list[LatencyRound], tolerance: float = LATENCY_TOLERAN
     return min(within or rounds, key=lambda r: abs(r.miss))
 
 
-def _pruned_copy(graph: Graph, keep: Mapping[int, int]) -> Graph:
+def pruned_copy(graph: Graph, keep: Mapping[int, int]) -> Graph:
     """A copy of ``graph`` with group ``g`` cut to ``keep[g]`` channels. Which channels go does
     not change the latency, so the plain l1 criterion picks them (data criteria would rerun the
     model for nothing)."""
     from .dependency import analyze_channels
-    from .oracle import copy_graph
     from .prune import PruneConfig, prune_graph
 
-    copy = copy_graph(graph)
+    copy = graph.copy()
     prune_graph(copy, PruneConfig(sparsity=0.0), select=keep_selector(keep), analysis=analyze_channels(copy), logger=_QUIET)
     return copy

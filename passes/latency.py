@@ -221,7 +221,6 @@ def quantized_copy(graph: Graph) -> Graph:
     """A copy of the float ``graph`` quantized as the ``quantize`` pass does by default (int8
     QDQ), calibrated quietly on a few random inputs: what int8 latency is timed on."""
     from .base import PassContext
-    from .oracle import copy_graph
     from .quantize import Quantize, is_quantized
 
     if is_quantized(graph):
@@ -229,7 +228,7 @@ def quantized_copy(graph: Graph) -> Graph:
             f"'{graph.name}' already has quantize/dequantize ops; int8 latency is timed on the float "
             "model quantized as the quantize pass does: prune the float model, then quantize", where="prune",
         )
-    copy = copy_graph(graph)
+    copy = graph.copy()
     Quantize(samples=INT8_CALIBRATION_ROWS).run(copy, PassContext(logger=_QUIET))
     return copy
 

@@ -143,9 +143,8 @@ class PruneReport:
             lines.extend(format_comparison(self.before, self.after).splitlines())
         return lines
 
-    def unaligned_groups(self, multiple: int = 0) -> list[GroupChange]:
+    def unaligned_groups(self, multiple: int = FAST_CHANNEL_MULTIPLE) -> list[GroupChange]:
         """Groups whose count was a multiple of ``multiple`` and no longer is."""
-        multiple = multiple or FAST_CHANNEL_MULTIPLE
         return [g for g in self.groups if g.before % multiple == 0 and g.after % multiple]
 
     def log_lines(self) -> list[str]:

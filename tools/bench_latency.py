@@ -20,7 +20,6 @@ Run from the repository root: ``python tools/bench_latency.py [--size 224] [--th
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import tempfile
@@ -47,32 +46,16 @@ def _uniform_keep(analysis, sparsity: float, round_to: int) -> dict[int, int]:
     return {g.id: _keep_count(g.channels, sparsity, config) for g in analysis.groups if g.prunable}
 
 
-def _pruned(graph, analysis_of, keep):
-    from irtool.passes.budget import keep_selector
-    from irtool.passes.oracle import copy_graph
-    from irtool.passes.prune import PruneConfig, prune_graph
-
-    copy = copy_graph(graph)
-    prune_graph(copy, PruneConfig(sparsity=0.0), select=keep_selector(keep), analysis=analysis_of(copy), logger=_QUIET)
-    return copy
-
-
-_QUIET = logging.getLogger("irtool.bench_latency")
-_QUIET.propagate = False
-
-
 def _passes(pipeline: str, graph):
     """A copy of ``graph`` after ``pipeline``."""
     from irtool.passes.base import PassManager
-    from irtool.passes.oracle import copy_graph
-
-    return PassManager(pipeline).run(copy_graph(graph)).graph
+    return PassManager(pipeline).run(graph.copy()).graph
 
 
 def target_run(
     name: str, size: int, backend: str, threads: int, target: float, runs: int, rounds: int, folder: Path, int8: bool = False
 ) -> None:
-    from irtool.passes.budget import Budget, choose_to_budget
+    from irtool.passes.budget import Budget, choose_to_budget, pruned_copy
     from irtool.passes.cost import graph_cost
     from irtool.passes.dependency import analyze_channels
     from irtool.passes.latency import build_latency_model, compare_ms, session_call
@@ -96,8 +79,8 @@ def target_run(
     budget_predicted = model.predict(keep)
     uniform_s = min(sparsities, key=lambda s: abs(model.predict(_uniform_keep(analysis, s, model.round_to)) - budget_predicted))
     uniform_keep = _uniform_keep(analysis, uniform_s, model.round_to)
-    budget = _pruned(graph, analyze_channels, keep)
-    uniform = _pruned(graph, analyze_channels, uniform_keep)
+    budget = pruned_copy(graph, keep)
+    uniform = pruned_copy(graph, uniform_keep)
     shipped = [_passes("quantize", g) if int8 else g for g in (graph, budget, uniform)]  # as prune{...},quantize leaves them
     calls = [session_call(g, backend=backend, threads=threads) for g in shipped]
     base, budget_ms, uniform_ms = compare_ms(calls, runs=runs, rounds=rounds)
@@ -130,6 +113,7 @@ def target_run(
 
 
 def resnet_run(size: int, threads: int, runs: int, rounds: int, folder: Path) -> None:
+    from irtool.passes.budget import pruned_copy
     from irtool.passes.dependency import analyze_channels
     from irtool.passes.latency import build_latency_model, compare_ms, session_call
 
@@ -141,7 +125,7 @@ def resnet_run(size: int, threads: int, runs: int, rounds: int, folder: Path) ->
     print(f"resnet50 {size}x{size}: latency table built in {built:.1f} s (bar 120 s), {len(model.layers)} layers")
     print(model.format())
     keep = _uniform_keep(analysis, 0.5, model.round_to)
-    pruned = _pruned(graph, analyze_channels, keep)
+    pruned = pruned_copy(graph, keep)
     base, half = compare_ms([session_call(g, threads=threads) for g in (graph, pruned)], runs=runs, rounds=rounds)
     for label, ms, predicted in (("unpruned", base, model.predict()), ("uniform 50%", half, model.predict(keep))):
         print(f"{label:>12}: measured {ms:.2f} ms, predicted {predicted:.2f} ms ({100 * (predicted - ms) / ms:+.0f}%, bar 15%)")
