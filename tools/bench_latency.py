@@ -49,6 +49,7 @@ def _uniform_keep(analysis, sparsity: float, round_to: int) -> dict[int, int]:
 def _passes(pipeline: str, graph):
     """A copy of ``graph`` after ``pipeline``."""
     from irtool.passes.base import PassManager
+
     return PassManager(pipeline).run(graph.copy()).graph
 
 
