@@ -18,16 +18,19 @@ from typing import Any
 
 from ..ir.core import Graph, Value
 from ..ir.errors import IrtoolError
+from ..ir.registry import opdef_of
 from .base import Pass, PassContext, PassResult, register_pass
 from .data import BUILTIN_DATASETS, as_dataset, builtin_dataset
 from .finetune import input_tensors
+from .fold_bn import BN_LABEL
 
 
 def batchnorm_statistics(graph: Graph) -> list[Value]:
     """The running mean and variance constants of every BatchNormalization, in graph order."""
     stats: list[Value] = []
     for node in graph.nodes:
-        if node.op != "BatchNormalization" or node.domain:
+        opdef = opdef_of(node)
+        if opdef is None or opdef.label != BN_LABEL:
             continue
         pair = node.inputs[3:5]
         if len(pair) != 2 or not all(v is not None and v.is_const for v in pair):
