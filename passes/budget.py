@@ -386,13 +386,13 @@ def closest_round(rounds: list[LatencyRound], tolerance: float = LATENCY_TOLERAN
     return min(within or rounds, key=lambda r: abs(r.miss))
 
 
-def pruned_copy(graph: Graph, keep: Mapping[int, int]) -> Graph:
-    """A copy of ``graph`` with group ``g`` cut to ``keep[g]`` channels. Which channels go does
-    not change the latency, so the plain l1 criterion picks them (data criteria would rerun the
-    model for nothing)."""
+def pruned_copy(graph: Graph, keep: Mapping[int, int], criterion: str = "l1") -> Graph:
+    """A copy of ``graph`` with group ``g`` cut to its ``keep[g]`` most important channels by
+    ``criterion``. For timing, which channels go does not matter, so the plain l1 default picks
+    them (data criteria would rerun the model for nothing)."""
     from .dependency import analyze_channels
     from .prune import PruneConfig, prune_graph
 
     copy = graph.copy()
-    prune_graph(copy, PruneConfig(sparsity=0.0), select=keep_selector(keep), analysis=analyze_channels(copy), logger=_QUIET)
+    prune_graph(copy, PruneConfig(sparsity=0.0, criterion=criterion), select=keep_selector(keep), analysis=analyze_channels(copy), logger=_QUIET)
     return copy

@@ -10,7 +10,6 @@ reads, so the budget chooser trades measured deviation, not weight norms, agains
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +22,6 @@ from .dependency import ChannelAnalysis
 
 Sensitivity = Mapping[int, list[tuple[float, float]]]
 """Group id -> (sparsity, output deviation) points, sparsity ascending."""
-
-_QUIET = logging.getLogger("irtool.sensitivity")
-_QUIET.propagate = False
 
 
 @dataclass
@@ -49,10 +45,8 @@ def measure_sensitivity(
     graph: Graph, sparsities: list[float], inputs: list[np.ndarray], *, criterion: str = "l1"
 ) -> list[GroupSensitivity]:
     """Prune each prunable group of the prepared ``graph`` alone at each sparsity and compare outputs."""
-    from .budget import keep_selector
+    from .budget import pruned_copy
     from .dependency import analyze_channels
-    from .oracle import copy_graph
-    from .prune import PruneConfig, prune_graph
 
     reference = _outputs(graph, inputs)
     results = []
@@ -62,12 +56,7 @@ def measure_sensitivity(
         row = GroupSensitivity(group.id, group.name, group.channels)
         for sparsity in sparsities:
             keep = max(1, group.channels - int(group.channels * sparsity + 1e-9))
-            copy = copy_graph(graph)
-            prune_graph(
-                copy, PruneConfig(sparsity=0.0, criterion=criterion), select=keep_selector({group.id: keep}),
-                analysis=analyze_channels(copy), logger=_QUIET,
-            )
-            outputs = _outputs(copy, inputs)
+            outputs = _outputs(pruned_copy(graph, {group.id: keep}, criterion), inputs)
             errors = [np.linalg.norm(o - r) / max(np.linalg.norm(r), 1e-12) for o, r in zip(outputs, reference)]
             row.deviation[sparsity] = float(max(errors))
             if reference[0].ndim == 2:
