@@ -301,18 +301,27 @@ BUILTIN_DATASETS: dict[str, Callable[..., Dataset]] = {"digits": digits}
 """Datasets a pipeline can name (``finetune{dataset=digits}``)."""
 
 
-def builtin_dataset(name: str, **options) -> Dataset:
+def check_builtin(name: str) -> None:
+    """Fail, naming the built-in datasets, unless ``name`` is one; a pass checks its
+    ``dataset=`` option this way when the pipeline is parsed, before any work is done."""
     if name not in BUILTIN_DATASETS:
         close = difflib.get_close_matches(name, list(BUILTIN_DATASETS), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise IrtoolError(f"unknown dataset '{name}'{hint}; built in: {', '.join(sorted(BUILTIN_DATASETS))}")
+
+
+def builtin_dataset(name: str, **options) -> Dataset:
+    check_builtin(name)
     return BUILTIN_DATASETS[name](**options)
 
 
 def labelled(data: Any, what: str) -> Dataset:
     """``data`` as a dataset with labels, or an error saying that ``what`` needs them."""
     if data is None:
-        raise IrtoolError(f"{what} needs labelled data: pass a dataset (irtool.passes.data) as PassContext.data")
+        raise IrtoolError(
+            f"{what} needs labelled data: irtool opt --data FILE.npz (with a 'labels' array), the pass's "
+            "dataset=digits, or from Python a dataset (irtool.passes.data) as PassContext.data"
+        )
     dataset = as_dataset(data)
     if not dataset.has_labels:
         raise IrtoolError(f"{what} needs labelled data, and dataset {dataset!r} has no labels")

@@ -37,7 +37,7 @@ from ..ir.core import Graph
 from ..ir.errors import IrtoolError
 from .base import Pass, PassContext, PassResult, register_pass
 from .criteria_data import data_scope
-from .data import Dataset, builtin_dataset, labelled
+from .data import Dataset, builtin_dataset, check_builtin, labelled
 from .sparsify import graph_masks
 
 SCHEDULES = ("one-shot", "iterative", "layer-by-layer", "gradual")
@@ -491,8 +491,9 @@ def prune_and_finetune(
 class Finetune(Pass):
     """Train the model's weights on labelled data through the torch backend, optionally pruning on a schedule.
 
-    Data comes from ``PassContext.data`` (a labelled ``irtool.passes.data`` dataset) or, with
-    ``dataset=digits``, from a built-in dataset. Sparsity masks from ``sparsify`` stay fixed.
+    Data comes from ``dataset=digits`` (a built-in dataset) when given, else from
+    ``PassContext.data`` (a labelled ``irtool.passes.data`` dataset): the pass's own option is
+    the more specific choice, as in ``bn-recalibrate``. Sparsity masks from ``sparsify`` stay fixed.
     """
 
     name = "finetune"
@@ -510,7 +511,7 @@ class Finetune(Pass):
     max_steps: int = field(default=0, metadata={"help": "stop after this many steps (0: no limit)"})
     seed: int = field(default=0, metadata={"help": "seed of shuffling and dropout"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
-    dataset: str = field(default="", metadata={"help": "a built-in dataset (digits) when the context has no data"})
+    dataset: str = field(default="", metadata={"help": "a built-in dataset (digits); default: the pipeline's data"})
     schedule: Literal["none", "one-shot", "iterative", "layer-by-layer", "gradual"] = field(
         default="none", metadata={"help": "prune while fine-tuning on this schedule"}
     )
@@ -522,6 +523,8 @@ class Finetune(Pass):
 
     def __post_init__(self) -> None:
         self.train_config().validate()
+        if self.dataset:
+            check_builtin(self.dataset)
         if self.schedule != "none":
             if not 0 <= self.sparsity < 1:
                 raise IrtoolError(f"sparsity {self.sparsity:g} is outside [0, 1)")
@@ -532,8 +535,7 @@ class Finetune(Pass):
         return TrainConfig(**{f.name: getattr(self, f.name) for f in fields(TrainConfig)})
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        data = ctx.data if ctx.data is not None else (builtin_dataset(self.dataset) if self.dataset else None)
-        dataset = labelled(data, "finetune")
+        dataset = labelled(builtin_dataset(self.dataset) if self.dataset else ctx.data, "finetune")
         if self.schedule == "none":
             report = finetune(graph, dataset, self.train_config())
             return PassResult(graph, report.steps > 0, report.lines())

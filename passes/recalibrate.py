@@ -20,7 +20,7 @@ from ..ir.core import Graph, Value
 from ..ir.errors import IrtoolError
 from ..ir.registry import opdef_of
 from .base import Pass, PassContext, PassResult, register_pass
-from .data import BUILTIN_DATASETS, as_dataset, builtin_dataset
+from .data import as_dataset, builtin_dataset, check_builtin
 from .finetune import input_tensors
 from .fold_bn import BN_LABEL
 
@@ -96,8 +96,8 @@ class RecalibrateBatchNorm(Pass):
             raise IrtoolError(f"samples must be at least 1, not {self.samples}")
         if self.batch_size < 1:
             raise IrtoolError(f"batch size must be at least 1, not {self.batch_size}")
-        if self.dataset and self.dataset not in BUILTIN_DATASETS:
-            builtin_dataset(self.dataset)  # the unknown-name error, when the pipeline is parsed
+        if self.dataset:
+            check_builtin(self.dataset)
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         if not batchnorm_statistics(graph):

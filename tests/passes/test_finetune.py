@@ -152,6 +152,14 @@ def test_the_pass_trains_on_a_builtin_dataset():
     assert np.abs(graph.constants["fc.weight"].const - before).max() > 0
 
 
+def test_the_pass_prefers_its_own_dataset_to_the_pipeline_data():
+    # unlabelled pipeline data would stop finetune; dataset=digits names the data to train on
+    unlabelled = [np.zeros((8, 1, 8, 8), np.float32)]
+    spec = "finetune{dataset=digits max-steps=2 progress=false}"
+    result = PassManager(spec).run(small_cnn(), PassContext(data=unlabelled))
+    assert result.records[0].log[-1].startswith("2 steps in")
+
+
 def test_the_pass_runs_a_schedule_on_context_data(train):
     graph = small_cnn()
     spec = "finetune{max-steps=2 progress=false schedule=one-shot sparsity=0.5 criterion=apoz}"
@@ -172,6 +180,7 @@ def test_the_pass_needs_labelled_data():
         ("finetune{lr=0}", "learning rate must be positive"),
         ("finetune{schedule=gradual steps=0}", "steps must be at least 1"),
         ("finetune{batch-size=0}", "batch size must be at least 1"),
+        ("finetune{dataset=digit}", "unknown dataset 'digit' \\(did you mean 'digits'\\?\\)"),
     ],
 )
 def test_bad_options_are_refused_when_parsed(spec, message):
