@@ -261,23 +261,21 @@ class DataSpec:
         return self._random(params, input_shapes, ArrayDataset)
 
     def _npz(self, params: dict[str, Any], ArrayDataset):
-        import numpy as np
+        from .model_io import read_arrays
 
         _check_keys(params, ("path", "inputs", "labels", "batch_size"), self.where, "parameters")
         if "path" not in params:
             raise _fail(self.where, "parameters.path", "is required for npz data")
         path = _resolve(self.base_dir, params["path"], self.where, "parameters.path")
         try:
-            archive = np.load(path, allow_pickle=False)
-        except FileNotFoundError:
-            raise _fail(self.where, "parameters.path", f"'{path}' does not exist") from None
-        except (OSError, ValueError) as exc:
-            raise _fail(self.where, "parameters.path", f"'{path}' is not a readable .npz file: {exc}") from None
+            archive = read_arrays(path)
+        except IrtoolError as exc:
+            raise _fail(self.where, "parameters.path", str(exc)) from None
         names = params.get("inputs", "inputs")
         names = [names] if isinstance(names, str) else list(names)
-        missing = [n for n in [*names, params.get("labels")] if n is not None and n not in archive.files]
+        missing = [n for n in [*names, params.get("labels")] if n is not None and n not in archive]
         if missing:
-            raise _fail(self.where, "parameters", f"'{path}' has no array '{missing[0]}' (has {', '.join(archive.files)})")
+            raise _fail(self.where, "parameters", f"'{path}' has no array '{missing[0]}' (has {', '.join(archive)})")
         labels = archive[params["labels"]] if params.get("labels") is not None else None
         batch = _positive(params.get("batch_size", 64), self.where, "parameters.batch_size")
         return ArrayDataset([archive[n] for n in names], labels, batch_size=batch, name=path.name)

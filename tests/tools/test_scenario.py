@@ -318,3 +318,18 @@ def test_kenning_nni_step_runs_with_data(folder):
     assert _channels(pruned, "conv1") + _channels(pruned, "conv2") == 12
     assert result.passes[1].messages[0].startswith("epoch 1: loss ")
     assert result.optimized.accuracy is not None and result.optimized.accuracy_samples == 360
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "does not exist"), (b"inputs,labels\n1,2\n", "is not a NumPy .npz file")],
+)
+def test_unreadable_npz_data_names_the_key_and_the_file(tmp_path, content, message):
+    if content is not None:
+        (tmp_path / "d.npz").write_bytes(content)
+    config = {"pipeline": "dce", "data": {"type": "npz", "parameters": {"path": "d.npz"}}}
+    spec = parse_config(config, base_dir=tmp_path).data
+    with pytest.raises(IrtoolError) as error:
+        spec.load()
+    assert "data: parameters.path" in str(error.value) and message in str(error.value)
+    assert "d.npz" in str(error.value)
