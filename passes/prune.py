@@ -199,10 +199,11 @@ def _lowest(scores: np.ndarray, count: int) -> np.ndarray:
     return np.sort(np.argsort(scores, kind="stable")[:count])
 
 
-def _choose(
+def choose_removed(
     analysis: ChannelAnalysis, graph: Graph, config: PruneConfig, select: Select | None, warnings: list[str]
 ) -> dict[int, np.ndarray]:
-    """Channel indices to remove, per group id."""
+    """Channel indices to remove, per group id: what ``prune_graph`` removes with this config
+    (sensitivity analysis masks the same channels instead of removing them)."""
     local, pooled = _targets(analysis, graph, config, warnings)
     rng = np.random.default_rng(config.seed)
     criterion = get_criterion(config.criterion)
@@ -504,7 +505,7 @@ def prune_graph(
         _fill_shapes(graph)
         analysis = analyze_channels(graph)
     report = PruneReport(mode=config.mode, before=graph_cost(graph))
-    chosen = _choose(analysis, graph, config, select, report.warnings)
+    chosen = choose_removed(analysis, graph, config, select, report.warnings)
     folding = [g for g in analysis.groups if g.channels > 1 and any(FOLD_HINT in reason for reason in g.blocked)]
     if folding:
         report.warnings.append(
