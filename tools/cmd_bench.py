@@ -21,7 +21,9 @@ from ..ir.errors import IrtoolError
 from .cmd_show import add_input_shape_argument, input_shapes
 from .model_io import load_model
 
-COLUMNS = ("model", "backend", "threads", "median ms", "p10 ms", "p90 ms", "MACs", "params", "size", "speedup")
+COLUMNS = ("model", "backend", "threads", "median ms", "p10 ms", "p90 ms", "MACs", "params", "size", "speedup", "MAC cut", "efficiency")
+"""``MAC cut`` is the first model's MACs over this one's; ``efficiency`` the speedup over the MAC
+cut: 1.00 when latency fell exactly as the MACs did."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +57,13 @@ class Row:
     threads: int
     latency: LatencyStats
     speedup: float
+    mac_cut: float | None = None
+    """The first model's MACs over this one's (None without both counts)."""
+
+    @property
+    def efficiency(self) -> float | None:
+        """Speedup over MAC cut: how much of the MAC reduction the runtime turned into speed."""
+        return self.speedup / self.mac_cut if self.mac_cut else None
 
     def as_dict(self) -> dict:
         return {
@@ -70,6 +79,8 @@ class Row:
             "params": self.model.params,
             "size_bytes": self.model.size,
             "speedup": self.speedup,
+            "mac_reduction": self.mac_cut,
+            "latency_efficiency": self.efficiency,
         }
 
 
@@ -145,10 +156,14 @@ def _measure(models: list[ModelInfo], backends: list[str], threads: list[int], a
             stats = run_isolated(request, progress=lambda _kind: bar.update(1))
             base = stats[0].median
             rows.extend(
-                Row(model, request.backend, request.threads, s, base / s.median if s.median > 0 else float("nan"))
+                Row(model, request.backend, request.threads, s, base / s.median if s.median > 0 else float("nan"), _mac_cut(models[0], model))
                 for model, s in zip(models, stats)
             )
     return rows
+
+
+def _mac_cut(base: ModelInfo, model: ModelInfo) -> float | None:
+    return base.macs / model.macs if base.macs and model.macs else None
 
 
 # -- output ------------------------------------------------------------------------------------
@@ -166,6 +181,8 @@ def _cells(row: Row) -> list[str]:
         human(row.model.params) if row.model.params is not None else "?",
         human(row.model.size, "B"),
         f"{row.speedup:.2f}x",
+        f"{row.mac_cut:.2f}x" if row.mac_cut is not None else "?",
+        f"{row.efficiency:.2f}" if row.efficiency is not None else "?",
     ]
 
 
@@ -183,7 +200,8 @@ def format_report(rows: list[Row], args) -> str:
         "",
         f"Latency of one inference after {args.warmup} warm-up runs, {args.runs} timed runs per model "
         f"in {args.rounds} interleaved rounds; speedup against the first model at the same backend and "
-        f"thread count. Machine: {os.cpu_count()} logical CPUs.",
+        f"thread count; MAC cut is the first model's MACs over the model's, efficiency the speedup over "
+        f"the MAC cut. Machine: {os.cpu_count()} logical CPUs.",
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "|".join(" --- " if i < 3 else " ---: " for i in range(len(COLUMNS))) + "|",

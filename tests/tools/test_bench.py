@@ -125,6 +125,8 @@ def test_bench_json_report_and_plot(nets, tmp_path, capsys):
     for first, second in (rows[0:2], rows[2:4]):
         assert first["speedup"] == 1.0
         assert second["speedup"] == pytest.approx(first["median_ms"] / second["median_ms"])
+        assert first["mac_reduction"] == 1.0 and second["mac_reduction"] == 4.0
+        assert second["latency_efficiency"] == pytest.approx(second["speedup"] / 4.0)
     assert macs["wide"] == 4 * macs["narrow"]
     table = report.read_text().splitlines()
     assert sum(line.startswith("| wide") or line.startswith("| narrow") for line in table) == 4
@@ -134,8 +136,8 @@ def test_bench_json_report_and_plot(nets, tmp_path, capsys):
 def test_bench_table(nets, capsys):
     assert main(["bench", str(nets[1]), "--runs", "2", "--warmup", "0", "--rounds", "1"]) == 0
     header, rule, row = capsys.readouterr().out.splitlines()
-    assert header.split() == ["model", "backend", "threads", "median", "ms", "p10", "ms", "p90", "ms", "MACs", "params", "size", "speedup"]
-    assert row.split()[:3] == ["narrow", "ort", "1"] and row.endswith("1.00x")
+    assert header.split() == ["model", "backend", "threads", "median", "ms", "p10", "ms", "p90", "ms", "MACs", "params", "size", "speedup", "MAC", "cut", "efficiency"]
+    assert row.split()[:3] == ["narrow", "ort", "1"] and row.split()[-3:] == ["1.00x", "1.00x", "1.00"]
 
 
 def _one_line_exit_2(args: list[str], env: dict | None = None) -> str:
