@@ -552,6 +552,21 @@ def _celu(b: _Builder, node: Node):
     return b.call(F.celu, b.input(node, 0), attr(node, "alpha", 1.0))
 
 
+@emits("Selu")
+def _selu(b: _Builder, node: Node):
+    alpha, gamma = attr(node, "alpha", 1.6732632423543772), attr(node, "gamma", 1.0507009873554805)
+    return b.call(_selu_fn, b.input(node, 0), float(alpha), float(gamma))
+
+
+def _selu_fn(x, alpha: float, gamma: float):
+    return gamma * F.elu(x, alpha)
+
+
+@emits("ThresholdedRelu")
+def _thresholded_relu(b: _Builder, node: Node):
+    return b.call(F.threshold, b.input(node, 0), float(attr(node, "alpha", 1.0)), 0.0)
+
+
 @emits("PRelu")
 def _prelu(b: _Builder, node: Node):
     return b.call(_prelu_fn, b.input(node, 0), b.input(node, 1))
@@ -687,10 +702,15 @@ def _resize(b: _Builder, node: Node):
     transform = attr(node, "coordinate_transformation_mode", "half_pixel")
     if attr(node, "axes", None):
         raise IrtoolError("Resize with axes is not supported")
-    if mode == "nearest":
-        if transform != "asymmetric" or attr(node, "nearest_mode", "round_prefer_floor") != "floor":
+    nearest_mode = attr(node, "nearest_mode", "round_prefer_floor")
+    if mode == "nearest" and (transform, nearest_mode) == ("half_pixel", "round_prefer_ceil"):
+        mode, corners = "nearest-exact", None  # torch's nearest-exact
+    elif mode == "nearest":
+        if transform != "asymmetric" or nearest_mode != "floor":
             raise IrtoolError(f"nearest Resize with {transform} coordinates is not supported")
         corners = None
+    elif mode == "cubic" and (float(attr(node, "cubic_coeff_a", -0.75)) != -0.75 or attr(node, "exclude_outside", 0)):
+        raise IrtoolError("cubic Resize other than torch's bicubic (a=-0.75, outside pixels included) is not supported")
     elif mode in ("linear", "cubic"):
         if transform not in ("half_pixel", "pytorch_half_pixel", "align_corners"):
             raise IrtoolError(f"{mode} Resize with {transform} coordinates is not supported")
@@ -700,12 +720,40 @@ def _resize(b: _Builder, node: Node):
     scales = b.array(node, 2)
     sizes = b.array_or_tensor(node, 3)
     scales = None if scales is None or scales.size == 0 else [float(s) for s in scales]
+    x = node.inputs[0].type
+    if scales is not None and x is not None and x.is_static and scales[:2] == [1.0, 1.0]:
+        # onnxruntime floors in x scale in float32, torch in double, which can be one less
+        # (5 x 1.8). Nearest picks are then taken as onnxruntime computes them; other modes
+        # would need torch to resample to a size its scale does not give.
+        wanted = [int(math.floor(np.float32(d) * np.float32(f))) for d, f in zip(x.shape, scales)]
+        if wanted != [int(math.floor(d * f)) for d, f in zip(x.shape, scales)]:
+            if not mode.startswith("nearest"):
+                raise IrtoolError(f"{mode} Resize by {scales[2:]} gives a size torch does not compute")
+            picks = [_nearest_picks(d, n, f, mode) for d, n, f in zip(x.shape[2:], wanted[2:], scales[2:])]
+            return b.call(_pick_fn, b.input(node, 0), picks)
     return b.call(_resize_fn, b.input(node, 0), scales, sizes, mode, corners)
+
+
+def _nearest_picks(size: int, out: int, scale: float, mode: str) -> list[int]:
+    """The input index onnxruntime reads for each output index, in its float32 arithmetic."""
+    x = np.arange(out, dtype=np.float32)
+    scale = np.float32(scale)
+    if mode == "nearest-exact":  # half_pixel, round_prefer_ceil
+        index = np.floor((x + np.float32(0.5)) / scale - np.float32(0.5) + np.float32(0.5))
+    else:  # asymmetric, floor
+        index = np.floor(x / scale)
+    return np.clip(index, 0, size - 1).astype(np.int64).tolist()
+
+
+def _pick_fn(x, picks):
+    for axis, index in enumerate(picks, start=2):
+        x = x.index_select(axis, torch.tensor(index, device=x.device))
+    return x
 
 
 def _resize_fn(x, scales, sizes, mode: str, align_corners):
     spatial = x.dim() - 2
-    if mode != "nearest":
+    if mode not in ("nearest", "nearest-exact"):
         mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[spatial] if mode == "linear" else "bicubic"
     if scales is not None:
         if scales[0] != 1.0 or scales[1] != 1.0:
@@ -916,7 +964,8 @@ def _range_fn(start, limit, delta):
 
 @emits("Pad")
 def _pad(b: _Builder, node: Node):
-    mode = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}.get(attr(node, "mode", "constant"))
+    modes = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}
+    mode = modes.get(attr(node, "mode", "constant"))
     if mode is None:
         raise IrtoolError(f"Pad mode {attr(node, 'mode')} is not supported")
     pads = b.array(node, 1).tolist()
@@ -1001,6 +1050,69 @@ for _op, _how in _REDUCE.items():
     EMITTERS[_op] = _reduce(_how)
 
 
+_NORM_REDUCE = {
+    "ReduceL1": lambda x, dims, keep: x.abs().sum(dim=dims, keepdim=keep),
+    "ReduceL2": lambda x, dims, keep: torch.linalg.vector_norm(x, 2, dim=dims, keepdim=keep),
+    "ReduceSumSquare": lambda x, dims, keep: (x * x).sum(dim=dims, keepdim=keep),
+    "ReduceLogSum": lambda x, dims, keep: x.sum(dim=dims, keepdim=keep).log(),
+    "ReduceLogSumExp": lambda x, dims, keep: torch.logsumexp(x, dim=dims, keepdim=keep),
+}
+"""Reductions with no one-word torch function, by what they compute."""
+
+
+def _norm_reduce(op: str):
+    def emit(b: _Builder, node: Node):
+        axes = b.array(node, 1)
+        if axes is None and "axes" in node.attrs:
+            axes = np.asarray(node.attrs["axes"])
+        if (axes is None or axes.size == 0) and attr(node, "noop_with_empty_axes", 0):
+            return b.input(node, 0)
+        axes = None if axes is None or axes.size == 0 else tuple(int(a) for a in axes.reshape(-1))
+        return b.call(_norm_reduce_fn, b.input(node, 0), op, axes, bool(attr(node, "keepdims", 1)))
+
+    return emit
+
+
+def _norm_reduce_fn(x, op: str, axes, keep: bool):
+    dims = tuple(range(x.dim())) if axes is None else axes
+    return _NORM_REDUCE[op](x, dims, keep)
+
+
+for _op in _NORM_REDUCE:
+    EMITTERS[_op] = _norm_reduce(_op)
+
+
+@emits("CumSum")
+def _cumsum(b: _Builder, node: Node):
+    axis = b.array(node, 1)
+    return b.call(_cumsum_fn, b.input(node, 0), int(axis.reshape(-1)[0]), bool(attr(node, "exclusive", 0)),
+                  bool(attr(node, "reverse", 0)))
+
+
+def _cumsum_fn(x, axis: int, exclusive: bool, reverse: bool):
+    if reverse:
+        x = x.flip(axis)
+    y = x.cumsum(axis)
+    if exclusive:
+        y = y - x
+    return y.flip(axis) if reverse else y
+
+
+@emits("TopK")
+def _topk(b: _Builder, node: Node):
+    k = int(b.array(node, 1).reshape(-1)[0])
+    call = b.call(torch.topk, b.input(node, 0), k, attr(node, "axis", -1), bool(attr(node, "largest", 1)),
+                  bool(attr(node, "sorted", 1)))
+    return b.outputs(call, 2)
+
+
+@emits("Trilu")
+def _trilu(b: _Builder, node: Node):
+    k = b.scalar(node, 1)
+    fn = torch.triu if attr(node, "upper", 1) else torch.tril
+    return b.call(fn, b.input(node, 0), int(k or 0))
+
+
 @emits("ArgMax", "ArgMin")
 def _arg_reduce(b: _Builder, node: Node):
     if attr(node, "select_last_index", 0):
@@ -1079,6 +1191,53 @@ def _lstm(b: _Builder, node: Node):
         attr(node, "hidden_size"), direction == "bidirectional", attr(node, "layout", 0),
     )
     return b.outputs(call, 3)[: len(node.outputs)]
+
+
+@emits("GRU")
+def _gru(b: _Builder, node: Node):
+    if node.inputs[4:5] and node.inputs[4] is not None:
+        raise IrtoolError("GRU with sequence_lens is not supported")
+    activations = attr(node, "activations", None)
+    if activations and [a.decode() if isinstance(a, bytes) else a for a in activations] not in (
+        ["Sigmoid", "Tanh"], ["Sigmoid", "Tanh"] * 2
+    ):
+        raise IrtoolError(f"GRU activations {activations} are not supported")
+    if attr(node, "clip", None) is not None:
+        raise IrtoolError("GRU with clip is not supported")
+    if not attr(node, "linear_before_reset", 0):
+        raise IrtoolError("GRU with linear_before_reset=0 is not supported (torch's GRU resets after the matmul)")
+    direction = attr(node, "direction", "forward")
+    if direction == "reverse":
+        raise IrtoolError("GRU direction 'reverse' is not supported")
+    inputs = [b.input(node, i) if i < len(node.inputs) else None for i in range(6)]
+    call = b.call(
+        _gru_fn, inputs[0], inputs[1], inputs[2], inputs[3], inputs[5],
+        attr(node, "hidden_size"), direction == "bidirectional", attr(node, "layout", 0),
+    )
+    return b.outputs(call, 2)[: len(node.outputs)]
+
+
+def _torch_gru_gates(w):
+    """ONNX packs GRU gates z, r, h; torch packs r, z, n."""
+    hidden = w.shape[0] // 3
+    return w.reshape(3, hidden, *w.shape[1:])[[1, 0, 2]].reshape(w.shape)
+
+
+def _gru_fn(x, w, r, bias, h0, hidden: int, bidirectional: bool, layout: int):
+    directions = 2 if bidirectional else 1
+    batch = x.shape[0] if layout else x.shape[1]
+    params = []
+    for d in range(directions):
+        params += [_torch_gru_gates(w[d]), _torch_gru_gates(r[d])]
+        if bias is not None:
+            params += [_torch_gru_gates(bias[d, : 3 * hidden]), _torch_gru_gates(bias[d, 3 * hidden:])]
+    if layout and h0 is not None:
+        h0 = h0.transpose(0, 1)
+    h0 = x.new_zeros((directions, batch, hidden)) if h0 is None else h0
+    out, h_n = torch.gru(x, h0, params, bias is not None, 1, 0.0, False, bidirectional, bool(layout))
+    if layout:  # Y is [batch, seq, directions, hidden]; the state is batch-major too
+        return out.reshape(out.shape[0], out.shape[1], directions, hidden), h_n.transpose(0, 1)
+    return out.reshape(out.shape[0], out.shape[1], directions, hidden).permute(0, 2, 1, 3), h_n
 
 
 def _torch_gates(w):

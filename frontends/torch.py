@@ -50,9 +50,12 @@ KEPT_WHOLE = (
     "relu6", "hardswish", "hardsigmoid", "silu", "gelu", "mish", "softplus", "elu", "leaky_relu",
     "hardtanh", "prelu",
     "max_pool2d", "avg_pool2d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
-    "upsample_nearest2d", "upsample_bilinear2d",
+    "max_pool3d", "avg_pool3d", "adaptive_avg_pool3d",
+    "upsample_nearest2d", "upsample_bilinear2d", "upsample_bicubic2d", "_upsample_nearest_exact2d",
     "softmax", "log_softmax", "matmul", "scaled_dot_product_attention",
-    "lstm", "native_dropout", "embedding",
+    "lstm", "gru", "native_dropout", "embedding", "roll", "pad",
+    "reflection_pad1d", "reflection_pad2d", "reflection_pad3d",
+    "replication_pad1d", "replication_pad2d", "replication_pad3d",
 )
 """ATen ops the decomposition leaves alone, so prunable layers stay single nodes."""
 
@@ -617,8 +620,13 @@ class _Lowering:
         return found.const if isinstance(found, Value) and found.is_const else None
 
     def constant(self, array, role: str) -> Value:
-        """A new constant named after the node and its role (``view_shape``)."""
-        return self.graph.add_constant(f"{self.fx_node.name}_{role}", np.asarray(array))
+        """A new constant named after the node and its role (``view.shape``).
+
+        The dot keeps these names apart from the initializers onnxruntime's graph optimisers
+        add, which they name ``<node>_shape``, ``squeeze_axes``, ... unique among node names
+        only: a constant of ours called ``squeeze_axes`` made onnxruntime refuse the model.
+        """
+        return self.graph.add_constant(f"{self.fx_node.name}.{role}", np.asarray(array))
 
     def derived_constant(self, name: str, make) -> Value:
         """A parameter in the layout an IR op wants (``fc.weight_t``), made once per name.

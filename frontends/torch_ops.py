@@ -10,13 +10,14 @@ Gemm with ``transB=1``), so the constants stay equal to the ``state_dict`` tenso
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable
 
 import numpy as np
 
 from ..ir.core import Value
 from ..ir.types import DType
-from .torch import SymDim, Unsupported, dtype_of
+from .torch import SymDim, Unsupported, dtype_of, torch
 
 CONVERTERS: dict[str, Callable] = {}
 
@@ -282,17 +283,25 @@ def _leaky_relu(ctx, node):
 @converts("aten.elu.default")
 def _elu(ctx, node):
     a = _args(ctx, node)
-    if float(a["scale"]) != 1.0 or float(a["input_scale"]) != 1.0:
-        raise Unsupported("scaled elu")
+    if float(a["input_scale"]) != 1.0:
+        raise Unsupported("elu with an input scale")
+    if float(a["scale"]) != 1.0:  # F.selu, and elu scaled the same way
+        return ctx.emit("Selu", [ctx.tensor(a["self"])], {"alpha": float(a["alpha"]), "gamma": float(a["scale"])})
     return ctx.emit("Elu", [ctx.tensor(a["self"])], {"alpha": float(a["alpha"])})
 
 
 @converts("aten.softplus.default")
 def _softplus(ctx, node):
     a = _args(ctx, node)
-    if float(a["beta"]) != 1.0:
-        raise Unsupported("softplus with beta != 1")
-    return ctx.emit("Softplus", [ctx.tensor(a["self"])])
+    x = ctx.tensor(a["self"])
+    beta, threshold = float(a["beta"]), float(a["threshold"])
+    if beta == 1.0 and threshold >= 20.0:  # above 20 log(1 + e^x) is x in float32 anyway
+        return ctx.emit("Softplus", [x])
+    # torch: x where beta * x > threshold, else log(1 + exp(beta * x)) / beta
+    scaled = ctx.emit("Mul", [x, ctx.tensor(beta, like=x)])
+    soft = ctx.emit("Div", [ctx.emit("Softplus", [scaled]), ctx.tensor(beta, like=x)])
+    linear = ctx.emit("Greater", [scaled, ctx.tensor(threshold, like=x)])
+    return ctx.emit("Where", [linear, x, soft])
 
 
 @converts("aten.prelu.default")
@@ -346,11 +355,20 @@ def _rsqrt(ctx, node):
 
 # -- arithmetic ---------------------------------------------------------------------------
 def _operands(ctx, args) -> list:
-    """The operands as Values; a python number takes the result's element type."""
+    """The operands as Values of one element type, torch's promotion of theirs (``x + i``
+    with an int64 ``i`` is float): a python number takes that type, a tensor is cast to it."""
     out_dtype = dtype_of(ctx.out_meta().dtype)
-    if out_dtype == DType.bool:  # a comparison: numbers take the tensor operand's type
-        out_dtype = next(v.type.dtype for v in map(ctx.lookup, args) if isinstance(v, Value) and v.type)
-    return [ctx.tensor(arg, dtype=out_dtype) for arg in args]
+    if out_dtype == DType.bool:  # a comparison: the operands' promoted type, not the result's
+        metas = [a.meta.get("val") if hasattr(a, "meta") else a for a in args]
+        try:
+            out_dtype = dtype_of(torch.result_type(*metas))
+        except Exception:  # noqa: BLE001 - no promotion to learn from: keep the tensor's type
+            out_dtype = next(v.type.dtype for v in map(ctx.lookup, args) if isinstance(v, Value) and v.type)
+    values = [ctx.tensor(arg, dtype=out_dtype) for arg in args]
+    return [
+        ctx.emit("Cast", [v], {"to": out_dtype.onnx}) if v.type is not None and v.type.dtype != out_dtype else v
+        for v in values
+    ]
 
 
 def _binary(op: str, *, scaled: bool = False, reverse: bool = False):
@@ -388,7 +406,14 @@ def _div(ctx, node):
         return ctx.emit("Floor", [ctx.emit("Div", [left, right])])
     if mode == "floor" and not _nonnegative_ints(ctx, node):
         raise Unsupported("floor division of possibly negative integers")
-    return ctx.emit("Div", [left, right])
+    if mode == "trunc" and left.type and left.type.dtype.is_float:
+        return _truncate(ctx, ctx.emit("Div", [left, right]))
+    return ctx.emit("Div", [left, right])  # integer Div truncates, as rounding_mode="trunc" does
+
+
+def _truncate(ctx, x):
+    """Rounding toward zero: sign(x) * floor(|x|) (ONNX has no Trunc)."""
+    return ctx.emit("Mul", [ctx.emit("Sign", [x]), ctx.emit("Floor", [ctx.emit("Abs", [x])])])
 
 
 def _nonnegative_ints(ctx, node) -> bool:
@@ -404,9 +429,17 @@ def _where(ctx, node):
 
 
 # -- pooling and resampling ---------------------------------------------------------------
-@converts("aten.max_pool2d.default", "aten.max_pool1d.default", "aten.max_pool2d_with_indices.default")
+def _indices_used(node) -> bool:
+    """Whether the second result (a pool's argmax indices) is read by anything."""
+    return any(u.target is operator.getitem and u.args[1] == 1 and u.users for u in node.users)
+
+
+@converts("aten.max_pool2d.default", "aten.max_pool1d.default", "aten.max_pool3d.default",
+          "aten.max_pool2d_with_indices.default", "aten.max_pool3d_with_indices.default")
 def _max_pool(ctx, node):
     a = _args(ctx, node)
+    if _indices_used(node):
+        raise Unsupported("max pooling whose indices are used")
     k = _rank(ctx, a["self"]) - 2
     kernel = _pairs(a["kernel_size"], k)
     attrs = {
@@ -420,7 +453,7 @@ def _max_pool(ctx, node):
     return (y, None) if node.target._opname.endswith("with_indices") else y
 
 
-@converts("aten.avg_pool2d.default", "aten.avg_pool1d.default")
+@converts("aten.avg_pool2d.default", "aten.avg_pool1d.default", "aten.avg_pool3d.default")
 def _avg_pool(ctx, node):
     a = _args(ctx, node)
     if a.get("divisor_override") is not None:
@@ -438,7 +471,7 @@ def _avg_pool(ctx, node):
 
 
 @converts("aten.adaptive_avg_pool2d.default", "aten.adaptive_avg_pool1d.default",
-          "aten._adaptive_avg_pool2d.default")
+          "aten._adaptive_avg_pool2d.default", "aten.adaptive_avg_pool3d.default", "aten._adaptive_avg_pool3d.default")
 def _adaptive_avg_pool(ctx, node):
     """1x1 output: GlobalAveragePool; an output size dividing the input: a plain AveragePool."""
     a = _args(ctx, node)
@@ -476,7 +509,9 @@ def _pool_matrix(size: int, out: int) -> np.ndarray:
 
 @converts("aten.upsample_nearest2d.vec", "aten.upsample_nearest2d.default",
           "aten.upsample_bilinear2d.vec", "aten.upsample_bilinear2d.default",
-          "aten.upsample_nearest1d.vec", "aten.upsample_linear1d.vec")
+          "aten.upsample_nearest1d.vec", "aten.upsample_linear1d.vec",
+          "aten.upsample_bicubic2d.vec", "aten.upsample_bicubic2d.default",
+          "aten._upsample_nearest_exact2d.vec", "aten._upsample_nearest_exact2d.default")
 def _upsample(ctx, node):
     a = _args(ctx, node)
     x = ctx.tensor(a["input"] if "input" in a else a["self"])
@@ -486,18 +521,31 @@ def _upsample(ctx, node):
     scales = np.array([1.0, 1.0] + [o / i for o, i in zip(out_shape, in_shape)], dtype=np.float32)
     if "nearest" in node.target._opname:
         attrs = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
+        if "nearest_exact" in node.target._opname:
+            # torch: source = floor((dst + 0.5) * in / out), which is half_pixel rounded half up
+            attrs.update(coordinate_transformation_mode="half_pixel", nearest_mode="round_prefer_ceil")
         if _given_scales(a) is not None and any(
             abs(s - 1.0 / r) > 1e-6 * abs(s) for s, r in zip(scales[2:], _reciprocal_scales(a, in_shape, out_shape))
         ):
             raise Unsupported("nearest resampling with a non-integral scale")
     else:
         corners = bool(a.get("align_corners"))
-        attrs = {"mode": "linear",
+        attrs = {"mode": "cubic" if "bicubic" in node.target._opname else "linear",
                  "coordinate_transformation_mode": "align_corners" if corners else "pytorch_half_pixel"}
+        if attrs["mode"] == "cubic":
+            attrs["cubic_coeff_a"] = -0.75  # torch's bicubic kernel
         if not corners and _given_scales(a) is not None and any(
             abs(1.0 / s - r) > 1e-6 for s, r in zip(scales[2:], _reciprocal_scales(a, in_shape, out_shape))
         ):
             raise Unsupported("linear resampling whose scale factor does not match its output size")
+    exact = all(
+        int(np.float32(i) * s) == o == int(i * float(s))  # float32 (onnxruntime) and double (torch)
+        for i, o, s in zip(in_shape, out_shape, scales[2:])
+    )
+    if not exact:  # out/in as a float32 scale does not give the traced size back: ask for the size
+        sizes = np.array([*ctx.shape_of(node)[:2], *out_shape], dtype=np.int64)
+        if all(isinstance(d, int) for d in sizes.tolist()):
+            return ctx.emit("Resize", [x, None, None, ctx.constant(sizes, "sizes")], attrs)
     return ctx.emit("Resize", [x, None, ctx.constant(scales, "scales")], attrs)
 
 
@@ -779,8 +827,10 @@ def _attention(ctx, node):
     if mask is not None:
         mask_value = ctx.tensor(mask)
         if mask_value.type is not None and mask_value.type.dtype == DType.bool:
-            raise Unsupported("boolean attention mask")
-        scores = ctx.emit("Add", [scores, mask_value])
+            # True keeps a position, False masks it out
+            scores = ctx.emit("Where", [mask_value, scores, ctx.tensor(float("-inf"), like=q)])
+        else:
+            scores = ctx.emit("Add", [scores, mask_value])
     weights = ctx.emit("Softmax", [scores], {"axis": rank - 1})
     return ctx.emit("MatMul", [weights, v])
 
@@ -821,16 +871,42 @@ def _arange(ctx, node):
 @converts("aten.constant_pad_nd.default", "aten.pad.default")
 def _pad(ctx, node):
     a = _args(ctx, node)
-    if node.target._opname == "pad" and a.get("mode", "constant") != "constant":
-        raise Unsupported(f"pad mode {a.get('mode')}")
-    rank = _rank(ctx, a["self"])
-    pad = list(a["pad"])
-    begins, ends = [0] * rank, [0] * rank
-    for i in range(len(pad) // 2):  # torch lists (begin, end) pairs from the last dim backwards
-        begins[rank - 1 - i], ends[rank - 1 - i] = pad[2 * i], pad[2 * i + 1]
+    mode = a.get("mode", "constant") if node.target._opname == "pad" else "constant"
+    if mode not in _PAD_MODES:
+        raise Unsupported(f"pad mode {mode}")
+    pads = _onnx_pads(a["pad"], _rank(ctx, a["self"]))
     x = ctx.tensor(a["self"])
+    if mode != "constant":
+        return _pad_mode(ctx, x, pads, mode)
     fill = float(a.get("value") or 0.0)
-    return ctx.emit("Pad", [x, ctx.ints(begins + ends, "pads"), ctx.tensor(fill, like=x)], {"mode": "constant"})
+    return ctx.emit("Pad", [x, ctx.ints(pads, "pads"), ctx.tensor(fill, like=x)], {"mode": "constant"})
+
+
+def _onnx_pads(pad, rank: int) -> list[int]:
+    """torch lists (begin, end) pairs from the last dim backwards; ONNX all begins, then all ends."""
+    pad = list(pad)
+    begins, ends = [0] * rank, [0] * rank
+    for i in range(len(pad) // 2):
+        begins[rank - 1 - i], ends[rank - 1 - i] = pad[2 * i], pad[2 * i + 1]
+    return begins + ends
+
+
+_PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+"""torch's pad modes and ONNX's names for them."""
+
+
+def _pad_mode(ctx, x, pads: list[int], mode: str):
+    if mode == "circular":
+        ctx.require_opset(19)  # Pad's "wrap" mode is opset 19
+    return ctx.emit("Pad", [x, ctx.ints(pads, "pads")], {"mode": _PAD_MODES[mode]})
+
+
+@converts("aten.reflection_pad1d.default", "aten.reflection_pad2d.default", "aten.reflection_pad3d.default",
+          "aten.replication_pad1d.default", "aten.replication_pad2d.default", "aten.replication_pad3d.default")
+def _mode_pad(ctx, node):
+    a = _args(ctx, node)
+    mode = "reflect" if node.target._opname.startswith("reflection") else "replicate"
+    return _pad_mode(ctx, ctx.tensor(a["self"]), _onnx_pads(a["padding"], _rank(ctx, a["self"])), mode)
 
 
 # -- recurrent layers ---------------------------------------------------------------------
@@ -915,3 +991,380 @@ def _layer_state(ctx, state, layer: int, directions: int):
     start = layer * directions
     inputs = [state, ctx.ints([start]), ctx.ints([start + directions]), ctx.ints([0]), ctx.ints([1])]
     return ctx.emit("Slice", inputs)
+
+
+@converts("aten.gru.input")
+def _gru(ctx, node):
+    """One ONNX GRU per layer (``linear_before_reset=1``: torch applies the reset gate after
+    the recurrent matmul), between Transposes for batch-first input.
+
+    Weights are re-laid out as ONNX wants them (gates z, r, n instead of torch's r, z, n;
+    directions stacked) under names after the ONNX ports: ``<module>.W_l0``, ``.R_l0``, ``.B_l0``.
+    """
+    a = _args(ctx, node)
+    layers, bidirectional = int(a["num_layers"]), bool(a["bidirectional"])
+    if a["train"] and float(a["dropout"]) > 0:
+        raise Unsupported("GRU with inter-layer dropout in training")
+    params = [ctx.constant_array(p) for p in a["params"]]
+    if any(p is None for p in params):
+        raise Unsupported("GRU weights that are not parameters")
+    per_direction = 4 if a["has_biases"] else 2
+    directions = 2 if bidirectional else 1
+    if len(params) != layers * directions * per_direction:
+        raise Unsupported("GRU with an unexpected parameter list")
+    hidden = params[1].shape[1]
+    state = _zero_state(ctx, a["hx"])
+    x = ctx.tensor(a["input"])
+    if a["batch_first"]:
+        x = ctx.emit("Transpose", [x], {"perm": [1, 0, 2]})
+    prefix = ctx.source or "gru"
+    finals = []
+    for layer in range(layers):
+        chunk = params[layer * directions * per_direction:(layer + 1) * directions * per_direction]
+        w, r, b = [], [], []
+        for d in range(directions):
+            p = chunk[d * per_direction:(d + 1) * per_direction]
+            w.append(_onnx_gru_gates(p[0]))
+            r.append(_onnx_gru_gates(p[1]))
+            biases = p[2:] if a["has_biases"] else [np.zeros(3 * hidden, p[0].dtype)] * 2
+            b.append(np.concatenate([_onnx_gru_gates(biases[0]), _onnx_gru_gates(biases[1])]))
+        inputs = [
+            x,
+            ctx.derived_constant(f"{prefix}.W_l{layer}", lambda: np.stack(w)),
+            ctx.derived_constant(f"{prefix}.R_l{layer}", lambda: np.stack(r)),
+            ctx.derived_constant(f"{prefix}.B_l{layer}", lambda: np.stack(b)),
+            None,
+            None if state is None else _layer_state(ctx, state, layer, directions),
+        ]
+        attrs = {
+            "hidden_size": hidden,
+            "direction": "bidirectional" if bidirectional else "forward",
+            "linear_before_reset": 1,
+        }
+        y, y_h = ctx.emit("GRU", inputs, attrs, outputs=2)
+        finals.append(y_h)
+        if directions == 1:
+            x = ctx.emit("Squeeze", [y, ctx.ints([1])])
+        else:
+            x = ctx.emit("Reshape", [ctx.emit("Transpose", [y], {"perm": [0, 2, 1, 3]}), ctx.ints([0, 0, -1])])
+    output = ctx.emit("Transpose", [x], {"perm": [1, 0, 2]}) if a["batch_first"] else x
+    h_n = finals[0] if layers == 1 else ctx.emit("Concat", finals, {"axis": 0})
+    return (output, h_n)
+
+
+def _onnx_gru_gates(array: np.ndarray) -> np.ndarray:
+    """torch packs GRU gates r, z, n; ONNX packs z, r, h."""
+    r, z, n = np.split(array, 3, axis=0)
+    return np.concatenate([z, r, n], axis=0)
+
+
+# -- indexing, reordering and scans ----------------------------------------------------------
+_INT64_MIN = -(2**63)
+
+
+@converts("aten.flip.default")
+def _flip(ctx, node):
+    rank = _rank(ctx, node.args[0])
+    axes = sorted({_axis(int(d), rank) for d in node.args[1]})
+    x = ctx.tensor(node.args[0])
+    if not axes:
+        return x
+    n = len(axes)
+    inputs = [x, ctx.ints([-1] * n, "starts"), ctx.ints([_INT64_MIN] * n, "ends"), ctx.ints(axes, "axes"),
+              ctx.ints([-1] * n, "steps")]
+    return ctx.emit("Slice", inputs)
+
+
+@converts("aten.roll.default")
+def _roll(ctx, node):
+    """Each rolled axis is two slices concatenated the other way round."""
+    a = _args(ctx, node)
+    shape = ctx.shape_of(a["self"])
+    shifts, dims = list(a["shifts"]), list(a["dims"])
+    x = ctx.tensor(a["self"])
+    if not dims:  # roll of the flattened tensor
+        if not all(isinstance(d, int) for d in shape) or len(shifts) != 1:
+            raise Unsupported("roll of a symbolic flattened tensor")
+        flat = ctx.emit("Reshape", [x, ctx.ints([-1], "shape")])
+        rolled = _roll_axis(ctx, flat, int(shifts[0]), 0, math.prod(shape))
+        return ctx.emit("Reshape", [rolled, ctx.ints(list(shape), "shape")])
+    for shift, dim in zip(shifts, dims):
+        axis = _axis(int(dim), len(shape))
+        if not isinstance(shape[axis], int) or not isinstance(shift, int):
+            raise Unsupported("roll along a symbolic axis")
+        x = _roll_axis(ctx, x, shift, axis, shape[axis])
+    return x
+
+
+def _roll_axis(ctx, x, shift: int, axis: int, size: int):
+    shift %= size
+    if shift == 0:
+        return x
+    def piece(start: int, end: int):
+        return ctx.emit("Slice", [x, ctx.ints([start], "starts"), ctx.ints([end], "ends"), ctx.ints([axis], "axes")])
+
+    return ctx.emit("Concat", [piece(size - shift, size), piece(0, size - shift)], {"axis": axis})
+
+
+@converts("aten.cumsum.default")
+def _cumsum(ctx, node):
+    a = _args(ctx, node)
+    x = ctx.tensor(a["self"])
+    if a.get("dtype") is not None and dtype_of(a["dtype"]) != (x.type.dtype if x.type else None):
+        x = ctx.emit("Cast", [x], {"to": dtype_of(a["dtype"]).onnx})
+    axis = _axis(int(a["dim"]), _rank(ctx, a["self"]))
+    return ctx.emit("CumSum", [x, ctx.constant(np.array(axis, dtype=np.int64), "axis")])
+
+
+@converts("aten.index.Tensor")
+def _index(ctx, node):
+    """``x[:, idx]``: one integer index tensor, every other position a full slice, is a Gather."""
+    a = _args(ctx, node)
+    indices = list(a["indices"])
+    given = [k for k, t in enumerate(indices) if t is not None]
+    if len(given) != 1:
+        raise Unsupported("indexing with several index tensors")
+    index = ctx.tensor(indices[given[0]])
+    if index.type is None or index.type.dtype not in (DType.int64, DType.int32):
+        raise Unsupported("indexing with a mask")
+    return ctx.emit("Gather", [ctx.tensor(a["self"]), index], {"axis": given[0]})
+
+
+@converts("aten.gather.default")
+def _gather(ctx, node):
+    a = _args(ctx, node)
+    axis = _axis(int(a["dim"]), _rank(ctx, a["self"]))
+    return ctx.emit("GatherElements", [ctx.tensor(a["self"]), ctx.tensor(a["index"])], {"axis": axis})
+
+
+@converts("aten.topk.default")
+def _topk(ctx, node):
+    a = _args(ctx, node)
+    if not isinstance(a["k"], int):
+        raise Unsupported("topk of a symbolic count")
+    axis = _axis(int(a["dim"]), _rank(ctx, a["self"]))
+    attrs = {"axis": axis, "largest": int(bool(a["largest"])), "sorted": int(bool(a["sorted"]))}
+    values, indices = ctx.emit("TopK", [ctx.tensor(a["self"]), ctx.ints([a["k"]], "k")], attrs, outputs=2)
+    return (values, indices)
+
+
+@converts("aten.repeat.default")
+def _repeat(ctx, node):
+    a = _args(ctx, node)
+    repeats = list(a["repeats"])
+    if not all(isinstance(r, int) for r in repeats):
+        raise Unsupported("repeat with symbolic counts")
+    x = ctx.tensor(a["self"])
+    extra = len(repeats) - _rank(ctx, a["self"])
+    if extra:  # torch prepends size-1 axes when given more repeats than axes
+        x = ctx.emit("Unsqueeze", [x, ctx.ints(list(range(extra)), "axes")])
+    if all(r == 1 for r in repeats):
+        return x
+    return ctx.emit("Tile", [x, ctx.ints(repeats, "repeats")])
+
+
+# -- more reductions ---------------------------------------------------------------------
+def _reduce_axes(ctx, arg, dims) -> list[int]:
+    rank = _rank(ctx, arg)
+    if dims is None or (isinstance(dims, (list, tuple)) and not dims):
+        return list(range(rank))
+    dims = dims if isinstance(dims, (list, tuple)) else [dims]
+    return sorted(_axis(int(d), rank) for d in dims)
+
+
+@converts("aten.linalg_vector_norm.default")
+def _vector_norm(ctx, node):
+    a = _args(ctx, node)
+    if a.get("dtype") is not None:
+        raise Unsupported("vector norm with a dtype")
+    x = ctx.tensor(a["self"])
+    axes = ctx.ints(_reduce_axes(ctx, a["self"], a["dim"]), "axes")
+    keep = {"keepdims": int(bool(a["keepdim"]))}
+    order = float(a["ord"])
+    if order == 2.0:
+        return ctx.emit("ReduceL2", [x, axes], keep)
+    if order == 1.0:
+        return ctx.emit("ReduceL1", [x, axes], keep)
+    if order == math.inf:
+        return ctx.emit("ReduceMax", [ctx.emit("Abs", [x]), axes], keep)
+    if order == -math.inf:
+        return ctx.emit("ReduceMin", [ctx.emit("Abs", [x]), axes], keep)
+    if order <= 0:
+        raise Unsupported(f"vector norm of order {order}")
+    powered = ctx.emit("Pow", [ctx.emit("Abs", [x]), ctx.tensor(order, like=x)])
+    return ctx.emit("Pow", [ctx.emit("ReduceSum", [powered, axes], keep), ctx.tensor(1.0 / order, like=x)])
+
+
+@converts("aten.var.correction", "aten.var_mean.correction", "aten.std.correction", "aten.std_mean.correction")
+def _variance(ctx, node):
+    """mean((x - mean(x))^2) * n / (n - correction), and its square root for std."""
+    a = _args(ctx, node)
+    shape = ctx.shape_of(a["self"])
+    axes = _reduce_axes(ctx, a["self"], a["dim"])
+    if not all(isinstance(shape[k], int) for k in axes):
+        raise Unsupported("variance over a symbolic axis")
+    count = math.prod(shape[k] for k in axes)
+    correction = 1.0 if a.get("correction") is None else float(a["correction"])
+    if count - correction <= 0:
+        raise Unsupported("variance of too few values")
+    x = ctx.tensor(a["self"])
+    axes_value = ctx.ints(axes, "axes")
+    mean = ctx.emit("ReduceMean", [x, axes_value], {"keepdims": 1})
+    centred = ctx.emit("Sub", [x, mean])
+    squares = ctx.emit("ReduceSumSquare", [centred, axes_value], {"keepdims": int(bool(a["keepdim"]))})
+    result = ctx.emit("Div", [squares, ctx.tensor(count - correction, like=x)])
+    name = node.target._opname
+    if name.startswith("std"):
+        result = ctx.emit("Sqrt", [result])
+    if name.endswith("_mean"):
+        if not a["keepdim"]:
+            mean = ctx.emit("Squeeze", [mean, axes_value])
+        return (result, mean)
+    return result
+
+
+@converts("aten.max.dim", "aten.min.dim")
+def _extreme_dim(ctx, node):
+    a = _args(ctx, node)
+    axis = _axis(int(a["dim"]), _rank(ctx, a["self"]))
+    x = ctx.tensor(a["self"])
+    keep = int(bool(a["keepdim"]))
+    reduce, find = ("ReduceMax", "ArgMax") if node.target._opname == "max" else ("ReduceMin", "ArgMin")
+    values = ctx.emit(reduce, [x, ctx.ints([axis], "axes")], {"keepdims": keep})
+    return (values, ctx.emit(find, [x], {"axis": axis, "keepdims": keep}))
+
+
+@converts("aten.argmax.default", "aten.argmin.default")
+def _arg_extreme(ctx, node):
+    a = _args(ctx, node)
+    x = ctx.tensor(a["self"])
+    op = "ArgMax" if node.target._opname == "argmax" else "ArgMin"
+    keep = int(bool(a["keepdim"]))
+    if a["dim"] is None:  # over the flattened tensor
+        shape = ctx.shape_of(a["self"])
+        flat = ctx.emit("Reshape", [x, ctx.ints([-1], "shape")])
+        index = ctx.emit(op, [flat], {"axis": 0, "keepdims": 0})
+        if keep:
+            index = ctx.emit("Reshape", [index, ctx.ints([1] * len(shape), "shape")])
+        return index
+    return ctx.emit(op, [x], {"axis": _axis(int(a["dim"]), _rank(ctx, a["self"])), "keepdims": keep})
+
+
+@converts("aten.prod.dim_int", "aten.prod.default")
+def _prod(ctx, node):
+    a = _args(ctx, node)
+    if a.get("dtype") is not None:
+        raise Unsupported("prod with a dtype")
+    axes = _reduce_axes(ctx, a["self"], a.get("dim"))
+    keep = int(bool(a.get("keepdim", False)))
+    return ctx.emit("ReduceProd", [ctx.tensor(a["self"]), ctx.ints(axes, "axes")], {"keepdims": keep})
+
+
+@converts("aten.any.dim", "aten.any.dims", "aten.any.default", "aten.all.dim", "aten.all.dims", "aten.all.default")
+def _any_all(ctx, node):
+    """any: the largest of the values as 0/1; all: the smallest."""
+    a = _args(ctx, node)
+    x = ctx.tensor(a["self"])
+    axes = _reduce_axes(ctx, a["self"], a.get("dim"))
+    as_int = ctx.emit("Cast", [ctx.emit("Cast", [x], {"to": DType.bool.onnx})], {"to": DType.int32.onnx})
+    op = "ReduceMax" if node.target._opname == "any" else "ReduceMin"
+    reduced = ctx.emit(op, [as_int, ctx.ints(axes, "axes")], {"keepdims": int(bool(a.get("keepdim", False)))})
+    return ctx.emit("Cast", [reduced], {"to": DType.bool.onnx})
+
+
+@converts("aten.adaptive_max_pool2d.default", "aten.adaptive_max_pool1d.default")
+def _adaptive_max_pool(ctx, node):
+    """1x1 output: GlobalMaxPool; an output size dividing the input: a plain MaxPool."""
+    a = _args(ctx, node)
+    x = ctx.tensor(a["self"])
+    spatial = ctx.shape_of(a["self"])[2:]
+    out = _pairs(a["output_size"], len(spatial))
+    if _indices_used(node):
+        raise Unsupported("adaptive max pooling whose indices are used")
+    if all(o == 1 for o in out):
+        return (ctx.emit("GlobalMaxPool", [x]), None)
+    if not all(isinstance(s, int) for s in spatial) or not all(s % o == 0 for s, o in zip(spatial, out)):
+        raise Unsupported("adaptive max pooling to a size that does not divide the input")
+    kernel = [s // o for s, o in zip(spatial, out)]
+    return (ctx.emit("MaxPool", [x], {"kernel_shape": kernel, "strides": kernel}), None)
+
+
+# -- more element-wise ops ---------------------------------------------------------------
+@converts("aten.sign.default")
+def _sign(ctx, node):
+    return ctx.emit("Sign", [ctx.tensor(node.args[0])])
+
+
+@converts("aten.round.default")
+def _round(ctx, node):
+    return ctx.emit("Round", [ctx.tensor(node.args[0])])  # both round half to even
+
+
+@converts("aten.trunc.default")
+def _trunc(ctx, node):
+    return _truncate(ctx, ctx.tensor(node.args[0]))
+
+
+@converts("aten.exp2.default")
+def _exp2(ctx, node):
+    x = ctx.tensor(node.args[0])
+    return ctx.emit("Pow", [ctx.tensor(2.0, like=x), x])
+
+
+@converts("aten.log1p.default")
+def _log1p(ctx, node):
+    x = ctx.tensor(node.args[0])
+    return ctx.emit("Log", [ctx.emit("Add", [x, ctx.tensor(1.0, like=x)])])
+
+
+@converts("aten.expm1.default")
+def _expm1(ctx, node):
+    x = ctx.tensor(node.args[0])
+    return ctx.emit("Sub", [ctx.emit("Exp", [x]), ctx.tensor(1.0, like=x)])
+
+
+@converts("aten.ne.Tensor", "aten.ne.Scalar")
+def _not_equal(ctx, node):
+    left, right = _operands(ctx, node.args[:2])
+    return ctx.emit("Not", [ctx.emit("Equal", [left, right])])
+
+
+def _boolean(op: str):
+    def convert(ctx, node):
+        values = [ctx.lookup(arg) for arg in node.args[: 1 if op == "Not" else 2]]
+        if not all(isinstance(v, Value) and v.type is not None and v.type.dtype == DType.bool for v in values):
+            raise Unsupported(f"bitwise {op.lower()} of integers")
+        return ctx.emit(op, values)
+
+    return convert
+
+
+CONVERTERS["aten.bitwise_not.default"] = _boolean("Not")
+for _name, _op in (("bitwise_and", "And"), ("bitwise_or", "Or"), ("bitwise_xor", "Xor"), ("logical_xor", "Xor")):
+    CONVERTERS[f"aten.{_name}.Tensor"] = _boolean(_op)
+    CONVERTERS[f"aten.{_name}.default"] = _boolean(_op)
+
+
+@converts("aten.fmod.Scalar", "aten.fmod.Tensor", "aten.remainder.Scalar", "aten.remainder.Tensor")
+def _modulo(ctx, node):
+    """fmod keeps the dividend's sign (Mod fmod=1); remainder the divisor's."""
+    left, right = _operands(ctx, node.args[:2])
+    is_float = left.type is not None and left.type.dtype.is_float
+    if node.target._opname == "fmod":
+        return ctx.emit("Mod", [left, right], {"fmod": 1})
+    if not is_float:
+        return ctx.emit("Mod", [left, right], {"fmod": 0})
+    # ONNX Mod with fmod=0 is for integers: x - floor(x / y) * y
+    quotient = ctx.emit("Floor", [ctx.emit("Div", [left, right])])
+    return ctx.emit("Sub", [left, ctx.emit("Mul", [quotient, right])])
+
+
+@converts("aten.clamp.Tensor")
+def _clamp_tensor(ctx, node):
+    a = _args(ctx, node)
+    y = ctx.tensor(a["self"])
+    if a.get("min") is not None:
+        y = ctx.emit("Max", [y, ctx.tensor(a["min"], like=y)])
+    if a.get("max") is not None:
+        y = ctx.emit("Min", [y, ctx.tensor(a["max"], like=y)])
+    return y

@@ -113,6 +113,41 @@ OP_CASES = {
     "lstm_bidirectional": _model(
         [helper.make_node("LSTM", ["x", "W", "R", "B"], ["y"], hidden_size=8, direction="bidirectional")],
         [("x", [6, 2, 5])], 4, [("W", LSTM_W), ("R", LSTM_R), ("B", LSTM_B)]),
+    # ops the PyTorch frontend now emits (GRU, norms, variances, scans), back in torch
+    "gru_bidirectional_with_state": _model(
+        [helper.make_node("GRU", ["x", "W", "R", "B", "", "h0"], ["y"], hidden_size=8, direction="bidirectional",
+                          linear_before_reset=1)],
+        [("x", [6, 2, 5])], 4,
+        [("W", LSTM_W[:, :24]), ("R", LSTM_R[:, :24]), ("B", LSTM_B[:, :48]), ("h0", LSTM_R[:, :2, :])]),
+    "reductions_l1_l2_sumsquare_logsum": _model(
+        [helper.make_node("Abs", ["x"], ["a"]),
+         helper.make_node("ReduceL1", ["x", "axes"], ["l1"]),
+         helper.make_node("ReduceL2", ["x", "axes"], ["l2"]),
+         helper.make_node("ReduceSumSquare", ["x", "axes"], ["sq"], keepdims=1),
+         helper.make_node("ReduceLogSum", ["a", "axes"], ["ls"]),
+         helper.make_node("ReduceLogSumExp", ["x", "axes"], ["lse"]),
+         helper.make_node("Sum", ["l1", "l2", "sq", "ls", "lse"], ["y"])],
+        [("x", [2, 3, 4])], 3, [_ints("axes", [1])]),
+    "selu_thresholded_relu_trilu": _model(
+        [helper.make_node("Selu", ["x"], ["s"], alpha=1.5, gamma=1.1),
+         helper.make_node("ThresholdedRelu", ["s"], ["t"], alpha=0.3),
+         helper.make_node("Trilu", ["t", "k"], ["y"], upper=0)],
+        [("x", [2, 5, 6])], 3, [_ints("k", 1)]),
+    "cumsum_reverse_exclusive_topk": _model(
+        [helper.make_node("CumSum", ["x", "axis"], ["c"], exclusive=1, reverse=1),
+         helper.make_node("TopK", ["c", "k"], ["y", "i"], axis=1, largest=0)],
+        [("x", [2, 6, 3])], 3, [_ints("axis", 1), _ints("k", [4])]),
+    "pad_wrap": _model(
+        [helper.make_node("Pad", ["x", "pads"], ["y"], mode="wrap")],
+        [("x", [1, 2, 5, 6])], 4, [_ints("pads", [0, 0, 2, 1, 0, 0, 1, 3])], opset=19),
+    "resize_nearest_non_integral_scale": _model(
+        [helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="nearest",
+                          coordinate_transformation_mode="asymmetric", nearest_mode="floor")],
+        [("x", [1, 2, 5, 7])], 4, [_floats("scales", [1, 1, 1.8, 1.4])]),
+    "resize_nearest_exact": _model(
+        [helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="nearest",
+                          coordinate_transformation_mode="half_pixel", nearest_mode="round_prefer_ceil")],
+        [("x", [1, 2, 5, 7])], 4, [_ints("sizes", [1, 2, 9, 3])]),
 }
 
 
