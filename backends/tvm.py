@@ -217,7 +217,11 @@ def _to_channels_last():
     tvm = _tvm()
     from tvm import relax
 
-    convert = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})
+    # Relax legalizes a transposed convolution only in NCHW; left out of the table it would
+    # follow its producer into NHWC and fail to compile, so it is pinned to NCHW.
+    convert = relax.transform.ConvertLayout(
+        {"relax.nn.conv2d": ["NHWC", "HWIO"], "relax.nn.conv2d_transpose": ["NCHW", "IOHW"]}
+    )
 
     @tvm.transform.module_pass(opt_level=0, name="IrtoolChannelsLast")
     def channels_last(mod, _ctx):
@@ -331,6 +335,7 @@ def load_compiled(path: str | os.PathLike, *, threads: int | None = None) -> Com
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
-    lines = [line for line in text.splitlines() if line.strip()]
+    # TVM ends some messages with a comment about omitted metadata; it says nothing.
+    lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("# ")]
     errors = [line for line in lines if "Error" in line or "error" in line]
     return (errors[-1] if errors else lines[-1] if lines else type(exc).__name__).strip()

@@ -484,10 +484,34 @@ def _pad(bb, node, args):
     if any(w < 0 for w in width):
         raise fail(node, "negative pads (cropping) are not supported")
     value = constant(node, args[2], "constant_value").item() if len(args) > 2 and args[2] is not None else 0.0
+    if attr(node, "mode") == "wrap":
+        return _wrap_pad(bb, node, x, width)
     mode = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}.get(attr(node, "mode"))
     if mode is None:
         raise fail(node, f"pad mode '{attr(node, 'mode')}' is not supported")
     return _emit(bb, R.nn.pad(x, width, pad_mode=mode, pad_value=float(value)))
+
+
+def _wrap_pad(bb, node, x, width):
+    """Pad mode ``wrap`` (torch's circular): each padded axis gets its own far end before it
+    and its near end after it."""
+    shape = shape_of(x)
+    for axis in range(len(shape)):
+        before, after = width[2 * axis], width[2 * axis + 1]
+        if not before and not after:
+            continue
+        size = shape[axis]
+        if before > size or after > size:
+            raise fail(node, f"wrap padding of {max(before, after)} is wider than axis {axis} ({size})")
+        parts = []
+        if before:
+            parts.append(_emit(bb, R.strided_slice(x, [axis], [size - before], [size])))
+        parts.append(x)
+        if after:
+            parts.append(_emit(bb, R.strided_slice(x, [axis], [0], [after])))
+        x = _emit(bb, R.concat(parts, axis=axis))
+        shape = shape_of(x)
+    return x
 
 
 @emitter("DepthToSpace")
@@ -903,7 +927,7 @@ def _resize(bb, node, args):
         out = [int(s) for s in constant(node, sizes_in, "sizes")]
     elif scales_in is not None and math.prod(shape_of(scales_in)) > 0:
         scales = constant(node, scales_in, "scales")
-        out = [int(math.floor(d * s)) for d, s in zip(shape, scales)]
+        out = [int(math.floor(np.float32(d) * np.float32(s))) for d, s in zip(shape, scales)]  # as onnxruntime
     else:
         raise fail(node, "neither scales nor sizes is given")
     if out[:2] != shape[:2]:

@@ -43,13 +43,10 @@ def test_zoo_model_matches_onnxruntime(name, tmp_path):
     assert relative_error(expected[0], got[0]) <= TOLERANCE
 
 
-PRUNED = ["resnet18", "mobilenet_v2", "vit_tiny", "lstm_classifier", "unet"]
-"""Pruned models cover the shapes pruning creates: odd channel counts, fewer heads, a smaller
-LSTM, a U-Net whose skips were cut to match; the other zoo models compile the same layers."""
-
-
-@pytest.mark.parametrize("name", PRUNED)
+@pytest.mark.parametrize("name", sorted(ZOO))
 def test_pruned_zoo_model_matches_onnxruntime(name, tmp_path):
+    """Pruning leaves odd channel counts, fewer heads, a smaller LSTM, U-Net skips cut to
+    match: every zoo model compiles and computes what onnxruntime computes after it too."""
     from irtool.passes.base import PassContext, PassManager
     from irtool.passes.cost import graph_cost
 
@@ -120,6 +117,58 @@ def test_missing_tvm_is_one_clear_line(monkeypatch):
     with pytest.raises(IrtoolError) as info:
         backend.require_tvm()
     assert str(info.value) == "TVM is not installed (pip install 'irtool[tvm]')"
+
+
+def test_compiler_errors_are_reported_by_their_message_not_tvms_metadata_note():
+    from irtool.backends.tvm import _first_line
+
+    message = (
+        "CodeGenVM cannot emit this Relax operator directly.\n"
+        "Offending call:\nR.nn.conv2d_transpose(alloc1, metadata[\"ir.GenericConst\"][0])\n"
+        "# Metadata omitted. Use show_meta=True in script() method to show it."
+    )
+    assert _first_line(RuntimeError(message)) == "R.nn.conv2d_transpose(alloc1, metadata[\"ir.GenericConst\"][0])"
+    assert _first_line(RuntimeError("InternalError: boom\n# Metadata omitted.")) == "InternalError: boom"
+
+
+def _chain_model(nodes, initializers, x_shape, opset):
+    graph = helper.make_graph(
+        nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * len(x_shape))],
+        [numpy_helper.from_array(a, n) for n, a in initializers.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_transposed_conv_behind_a_conv_compiles():
+    """The NHWC layout pass dragged conv2d_transpose into NHWC after a conv, which Relax cannot
+    lower: every encoder-decoder with a learned upsampling failed to compile."""
+    model = _chain_model(
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2]),
+         helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("ConvTranspose", ["r", "wt", "bt"], ["t"], strides=[2, 2]),
+         helper.make_node("Conv", ["t", "w2"], ["y"])],
+        {"w": _floats(8, 3, 3, 3), "b": _floats(8), "wt": _floats(8, 4, 2, 2), "bt": _floats(4), "w2": _floats(2, 4, 1, 1)},
+        [1, 3, 16, 16], 17,
+    )
+    x = _floats(1, 3, 16, 16)
+    expected = run_onnxruntime(model, [x], threads=1)[0]
+    got = compile_graph(load_onnx(model)).run([x])[0]
+    assert got.shape == (1, 2, 16, 16)
+    assert relative_error(expected, got) <= TOLERANCE
+
+
+def test_wrap_pad_matches_onnxruntime():
+    """Pad mode wrap (torch's circular padding, opset 19) is concatenated slices."""
+    model = _chain_model(
+        [helper.make_node("Pad", ["x", "pads"], ["y"], mode="wrap")],
+        {"pads": _i64([0, 0, 2, 1, 0, 0, 1, 3])}, [1, 2, 5, 6], 19,
+    )
+    x = _floats(1, 2, 5, 6)
+    expected = run_onnxruntime(model, [x], threads=1)[0]
+    got = compile_graph(load_onnx(model)).run([x])[0]
+    assert got.shape == expected.shape == (1, 2, 8, 10)
+    np.testing.assert_array_equal(got, expected)
 
 
 # -- the schedule model ------------------------------------------------------------------------
