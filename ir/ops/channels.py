@@ -411,6 +411,61 @@ def matmul(node, port: Port, axis: int) -> ChannelEffect:
     return tie_same(node, port, axis, slots, isolates=weighted and role in ("k", "n"))
 
 
+def _einsum_terms(node) -> tuple[list[str], str] | str:
+    """The input terms and the output term of an Einsum's equation, or why they cannot be used."""
+    equation = str(_attr(node, "equation", "")).replace(" ", "")
+    if "." in equation:
+        return "Einsum with an ellipsis ('...')"
+    lhs, arrow, rhs = equation.partition("->")
+    terms = lhs.split(",")
+    if not arrow:  # implicit form: the letters that occur once, in alphabetical order
+        rhs = "".join(sorted(c for c in set(lhs) if c != "," and lhs.count(c) == 1))
+    if any(not c.isalpha() for c in "".join(terms) + rhs):
+        return f"cannot read the Einsum equation '{equation}'"
+    if len(terms) != len(node.inputs) or any(v is None for v in node.inputs):
+        return f"the Einsum equation '{equation}' has {len(terms)} terms for {len(node.inputs)} inputs"
+    return terms, rhs
+
+
+def einsum(node, port: Port, axis: int) -> ChannelEffect:
+    """Each letter of the equation is one set of channels, on every axis that letter labels.
+
+    A letter kept in the output passes its positions through (like an elementwise op or a
+    matmul's batch axes); a letter summed away couples the operands it appears in (a matmul's
+    contracted axis). A letter read from a constant operand makes the node a layer: the
+    constant's axis is sliced with the activations, and the node isolates the channels there
+    (output letters only in constants are produced by the weight, summed letters that meet a
+    constant are consumed by it), as does a letter summed over one operand alone (ReduceSum).
+    Letters repeated within one term (diagonals, ``ii->i``) are refused.
+    """
+    parsed = _einsum_terms(node)
+    if isinstance(parsed, str):
+        return barrier(parsed)
+    terms, rhs = parsed
+    term = rhs if port == ("out", 0) else terms[port[1]] if port[0] == "in" else None
+    if term is None:
+        return barrier(f"{_port_name(node, port)} is not an Einsum output")
+    rank = _rank(node, port)
+    if rank is None:
+        return _unknown(node, port, axis)
+    if rank != len(term):
+        return barrier(f"{_port_name(node, port)} has rank {rank}, its Einsum term '{term}' has {len(term)} letters")
+    letter = term[axis]
+    slots = [(("in", i), t.index(letter)) for i, t in enumerate(terms) if letter in t]
+    if letter in rhs:
+        slots.append((("out", 0), rhs.index(letter)))
+    if any(t.count(letter) > 1 for t in (*terms, rhs)):
+        return barrier(f"Einsum repeats index '{letter}' within one term (a diagonal)")
+    holders = [node.inputs[p[1]] for p, _ in slots if p[0] == "in"]
+    weighted = any(v.is_const for v in holders)
+    activations = sum(not v.is_const for v in holders)
+    if letter in rhs:
+        isolates = weighted and not activations  # made by the weight, like a linear layer's outputs
+    else:
+        isolates = weighted or activations == 1  # read by the weight, or summed like ReduceSum
+    return tie_same(node, port, axis, slots, isolates=isolates)
+
+
 # -- recurrent layers -----------------------------------------------------------------------
 def _recurrent(gates: int) -> Callable:
     """RNN/GRU/LSTM: a hidden unit is a row in every gate block of W, R and B, a column of R,
@@ -612,6 +667,52 @@ def transpose(node, port: Port, axis: int) -> ChannelEffect:
     if port == ("in", 0):
         return tie_same(node, port, axis, [(("out", 0), perm.index(axis))])
     return tie_same(node, port, axis, [(("in", 0), perm[axis])])
+
+
+def _block_channels(
+    node, port: Port, axis: int, channel_map: Callable[[np.ndarray, int, int], np.ndarray], deep: Port
+) -> ChannelEffect:
+    """DepthToSpace / SpaceToDepth: each channel of the shallow side is a block of blocksize**2
+    channels of the deep side (``deep``); ``channel_map(deep positions, shallow count, block)``
+    gives the shallow channel of each deep one. Spatial axes interleave pixels of a block."""
+    if axis == 0:
+        return tie_same(node, port, axis, [(("in", 0), 0), (("out", 0), 0)])
+    if axis != 1:
+        return barrier(f"{node.op} interleaves a block's channels along axis {axis}")
+    shallow: Port = ("out", 0) if deep == ("in", 0) else ("in", 0)
+    deep_channels, shallow_channels = _dim(node, deep, 1), _dim(node, shallow, 1)
+    if deep_channels is None or shallow_channels is None:
+        return _unknown(node, deep if deep_channels is None else shallow, 1)
+    positions = iota(deep_channels)
+    mapped = channel_map(positions, shallow_channels, deep_channels // shallow_channels)
+    if port == deep:
+        return ChannelEffect(ties=[Tie(shallow, 1, positions, mapped)])
+    return ChannelEffect(ties=[Tie(deep, 1, mapped, positions)])
+
+
+def depth_to_space(node, port: Port, axis: int) -> ChannelEffect:
+    """DCR: input channel ``k * C + c`` goes to output channel c; CRD: ``c * b*b + k``."""
+    mode = _attr(node, "mode", "DCR")
+    if mode == "CRD":
+        return _block_channels(node, port, axis, lambda p, c, block: p // block, deep=("in", 0))
+    return _block_channels(node, port, axis, lambda p, c, block: p % c, deep=("in", 0))
+
+
+def space_to_depth(node, port: Port, axis: int) -> ChannelEffect:
+    """Output channel ``k * C + c`` comes from input channel c."""
+    return _block_channels(node, port, axis, lambda p, c, block: p % c, deep=("out", 0))
+
+
+def cumsum(node, port: Port, axis: int) -> ChannelEffect:
+    """A running sum along one axis; the other axes keep their positions."""
+    if port not in (("in", 0), ("out", 0)):
+        return barrier(f"{_port_name(node, port)} is not channel data")
+    along, rank = _ints(node, 1), _rank(node, ("in", 0))
+    if along is None or rank is None:
+        return barrier(f"CumSum's axis is computed at run time ({FOLD_HINT})")
+    if axis == along[0] % rank:
+        return barrier(f"CumSum accumulates along axis {axis}")
+    return tie_same(node, port, axis, [(("in", 0), axis), (("out", 0), axis)])
 
 
 # -- joining and slicing --------------------------------------------------------------------
@@ -1005,6 +1106,7 @@ CHANNEL_RULES: dict[str, Callable] = {
     "ConvTranspose": conv_transpose,
     "Gemm": gemm,
     "MatMul": matmul,
+    "Einsum": einsum,
     "RNN": _recurrent(1),
     "GRU": _recurrent(3),
     "LSTM": _recurrent(4),
@@ -1021,6 +1123,9 @@ CHANNEL_RULES: dict[str, Callable] = {
     "Gather": gather,
     "Expand": expand,
     "Tile": tile,
+    "CumSum": cumsum,
+    "DepthToSpace": depth_to_space,
+    "SpaceToDepth": space_to_depth,
     "ArgMax": arg_reduction,
     "ArgMin": arg_reduction,
     "Shape": shape_of,

@@ -52,7 +52,15 @@ def _conv_shape(node):
     return [like(node, [n, m, *window_output(node, spatial, kernel)])]
 
 
+def _typed(node, *inputs: int) -> bool:
+    """Whether those inputs have a type: shape inference leaves the outputs of an op it does
+    not know untyped, and cost rules (asked about every node) must then answer None."""
+    return all(i < len(node.inputs) and node.inputs[i] is not None and itype(node, i) is not None for i in inputs)
+
+
 def _conv_cost(node):
+    if not _typed(node, 0, 1):
+        return None
     w = ishape(node, 1)
     out = count(_conv_shape(node)[0].shape)
     return None if out is None or w is None or not all(map(is_int, w)) else out * math.prod(w[1:])
@@ -154,6 +162,8 @@ def _gemm_shape(node):
 
 
 def _gemm_cost(node):
+    if not _typed(node, 0, 1):
+        return None
     a = ishape(node, 0)
     out = count(_gemm_shape(node)[0].shape)
     k = None if a is None else a[0 if attr(node, "transA") else 1]
@@ -175,6 +185,8 @@ def _matmul_shape(node):
 
 
 def _matmul_cost(node):
+    if not _typed(node, 0, 1):
+        return None
     a = ishape(node, 0)
     out = count(_matmul_shape(node)[0].shape)
     return None if out is None or not is_int(a[-1]) else out * a[-1]

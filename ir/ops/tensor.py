@@ -322,8 +322,9 @@ def _resize_shape(node):
         else:
             out = [None if i in axes else d for i, d in enumerate(x)]
     elif scales is not None and scales.size:
-        for axis, scale in zip(axes, scales.reshape(-1).tolist()):
-            out[axis] = math.floor(x[axis] * scale) if is_int(x[axis]) else x[axis] if scale == 1 else None
+        # In float32, as onnxruntime computes it: 5 x float32(1.8) is 9 there, 8.99999... in double.
+        for axis, scale in zip(axes, scales.reshape(-1).astype(np.float32)):
+            out[axis] = math.floor(np.float32(x[axis]) * scale) if is_int(x[axis]) else x[axis] if scale == 1 else None
     else:
         out = [None if i in axes else d for i, d in enumerate(x)]
     return [like(node, out)]

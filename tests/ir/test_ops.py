@@ -482,3 +482,74 @@ def test_int8_forms_and_bounds_are_declared_where_onnxruntime_has_int8_kernels()
         from irtool.ir.registry import OpDef
 
         OpDef("Fancy", int8="fast")
+
+
+# -- foreign models: ops behind an op irtool does not know, resampling sizes, block channels --
+def test_costs_of_layers_behind_an_untyped_value_are_unknown_not_a_crash():
+    """Behind an opaque op (a custom-domain node without declared types) inputs are untyped;
+    ``irtool opt`` asks every node's cost before anything else and died in the Conv rule."""
+    graph = Graph()
+    x = graph.add_input("x", TensorType(DType.float32, (1, 3, 8, 8)))
+    (hidden,) = graph.add_node("FancyOp", [x], domain="com.example", name="fancy").outputs
+    w, b = graph.add_constant("w", np.ones((4, 3, 3, 3), F32)), graph.add_constant("b", np.ones((4,), F32))
+    fc = graph.add_constant("fc", np.ones((3, 5), F32))
+    conv = graph.add_node("Conv", [hidden, w, b], name="conv")
+    gemm = graph.add_node("Gemm", [hidden, fc], name="gemm")
+    matmul = graph.add_node("MatMul", [hidden, fc], name="matmul")
+    assert hidden.type is None
+    assert [get_op(n.op).cost(n) for n in (conv, gemm, matmul)] == [None, None, None]
+
+
+def test_resize_by_a_scale_sizes_the_output_in_float32_as_onnxruntime_does():
+    """5 x float32(1.8) is 9 in float32 (onnxruntime), 8.99999... in double (what the rule said)."""
+    scales = np.array([1, 1, 1.8, 1.4], np.float32)
+    (shape,) = _shapes("Resize", [(1, 2, 5, 5), None, scales], {"mode": "nearest"})
+    assert shape == (1, 2, 9, 7)
+    model = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Resize", ["x", "", "s"], ["y"], mode="nearest")], "g",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2, 5, 5])],
+            [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(scales, "s")],
+        ),
+        opset_imports=[helper.make_opsetid("", 18)],
+    )
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"x": np.zeros((1, 2, 5, 5), F32)})[0].shape == shape
+
+
+def _channel_effect(op, inputs, attrs, port, axis):
+    graph, node = _node(op, inputs, attrs)
+    infer_shapes(graph)
+    return lookup(op).channel(node, port, axis)
+
+
+def _ties(effect):
+    return {(t.port, t.axis): (list(t.here), list(t.there)) for t in effect.ties}
+
+
+@pytest.mark.parametrize(
+    "mode, deep_to_shallow",
+    [("DCR", [0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2]), ("CRD", [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])],
+)
+def test_depth_to_space_ties_each_output_channel_to_its_block_of_input_channels(mode, deep_to_shallow):
+    """12 channels, blocks of 2x2: DCR takes input channel k*3 + c to output channel c, CRD c*4 + k."""
+    attrs = {"blocksize": 2, "mode": mode}
+    from_input = _channel_effect("DepthToSpace", [(1, 12, 4, 4)], attrs, ("in", 0), 1)
+    assert _ties(from_input) == {(("out", 0), 1): (list(range(12)), deep_to_shallow)}
+    from_output = _channel_effect("DepthToSpace", [(1, 12, 4, 4)], attrs, ("out", 0), 1)
+    assert _ties(from_output) == {(("in", 0), 1): (deep_to_shallow, list(range(12)))}
+    assert not from_input.isolates and from_input.barrier is None
+    assert "interleaves" in _channel_effect("DepthToSpace", [(1, 12, 4, 4)], attrs, ("out", 0), 2).barrier
+    assert _ties(_channel_effect("DepthToSpace", [(2, 12, 4, 4)], attrs, ("in", 0), 0)) == {
+        (("out", 0), 0): ([0, 1], [0, 1])
+    }
+
+
+def test_space_to_depth_and_cumsum_channel_rules():
+    effect = _channel_effect("SpaceToDepth", [(1, 3, 4, 4)], {"blocksize": 2}, ("out", 0), 1)
+    assert _ties(effect) == {(("in", 0), 1): (list(range(12)), [0, 1, 2] * 4)}
+    axis = np.array(3, np.int64)
+    along_width = _channel_effect("CumSum", [(1, 6, 4, 5), axis], {}, ("in", 0), 1)
+    assert _ties(along_width) == {(("out", 0), 1): (list(range(6)), list(range(6)))}
+    assert "accumulates along axis 3" in _channel_effect("CumSum", [(1, 6, 4, 5), axis], {}, ("in", 0), 3).barrier

@@ -48,7 +48,8 @@ def test_every_rule_is_attached_to_its_opdef():
     missing = [name for name in CHANNEL_RULES if lookup(name) is not None and lookup(name).channel is not CHANNEL_RULES[name]]
     assert missing == []
     assert lookup("Reshape").retarget is RETARGET_RULES["Reshape"]
-    assert lookup("Conv").channel is not None and lookup("Einsum").channel is None
+    assert lookup("Conv").channel is not None and lookup("NonZero").channel is None
+    assert "NonZero" not in CHANNEL_RULES and lookup("Einsum").channel is CHANNEL_RULES["Einsum"]
 
 
 def test_conv_output_channels_are_filters_and_isolate():
@@ -184,6 +185,46 @@ def test_matmul_between_activations_shares_heads_and_contracts():
     assert not _effect(linear, ("in", 0), 1).isolates
 
 
+def test_einsum_passes_kept_letters_through_and_contracts_summed_ones():
+    conv1x1 = _node("Einsum", [(1, 4, 5, 5), None], {"equation": "bchw,oc->bohw"}, consts={1: _randn(6, 4)})
+    consumed = _effect(conv1x1, ("in", 0), 1)
+    assert consumed.isolates and consumed.barrier is None
+    assert _ties(consumed) == {(("in", 1), 1): (list(range(4)), list(range(4)))}
+    produced = _effect(conv1x1, ("out", 0), 1)
+    assert produced.isolates and _ties(produced) == {(("in", 1), 0): (list(range(6)), list(range(6)))}
+    spatial = _effect(conv1x1, ("in", 0), 2)
+    assert not spatial.isolates and _ties(spatial) == {(("out", 0), 2): (list(range(5)), list(range(5)))}
+    linear = _node("Einsum", [(2, 7, 8), None], {"equation": "b l d, h d -> b l h"}, consts={1: _randn(3, 8)})
+    assert set(_ties(_effect(linear, ("in", 0), 2))) == {(("in", 1), 1)}
+    assert _effect(linear, ("out", 0), 2).isolates and not _effect(linear, ("in", 0), 1).isolates
+    # between activations: heads pass through, the summed axis couples q and k, nothing isolates
+    scores = _node("Einsum", [(1, 2, 5, 4), (1, 2, 6, 4)], {"equation": "bhqd,bhkd->bhqk"})
+    heads = _effect(scores, ("in", 0), 1)
+    assert not heads.isolates and set(_ties(heads)) == {(("in", 1), 1), (("out", 0), 1)}
+    summed = _effect(scores, ("in", 1), 3)
+    assert not summed.isolates and _ties(summed) == {(("in", 0), 3): (list(range(4)), list(range(4)))}
+    # a per-channel scale by a constant is a parameter, not a layer
+    scale = _node("Einsum", [(1, 4, 3), None], {"equation": "bcl,c->bcl"}, consts={1: _randn(4)})
+    effect = _effect(scale, ("in", 0), 1)
+    assert not effect.isolates and set(_ties(effect)) == {(("in", 1), 0), (("out", 0), 1)}
+    # summed over one operand alone: a ReduceSum, which ends the channel
+    total = _effect(_node("Einsum", [(1, 4, 3)], {"equation": "bcl->bl"}), ("in", 0), 1)
+    assert total.isolates and total.barrier is None and _ties(total) == {}
+    implicit = _node("Einsum", [(3, 4), (4, 5)], {"equation": "ij,jk"})
+    assert set(_ties(_effect(implicit, ("in", 1), 1))) == {(("out", 0), 1)}
+    assert set(_ties(_effect(implicit, ("in", 0), 1))) == {(("in", 1), 0)}
+
+
+def test_einsum_refuses_diagonals_and_ellipses():
+    diagonal = _node("Einsum", [(2, 4, 4)], {"equation": "bii->bi"})
+    assert "diagonal" in _effect(diagonal, ("in", 0), 1).barrier
+    assert "diagonal" in _effect(diagonal, ("out", 0), 1).barrier
+    assert _effect(diagonal, ("in", 0), 0).barrier is None  # b is still a plain axis
+    ellipsis = _node("Einsum", [(2, 3, 4), None], {"equation": "...d,hd->...h"}, consts={1: _randn(5, 4)})
+    assert "ellipsis" in _effect(ellipsis, ("in", 0), 2).barrier
+    assert "ellipsis" in _effect(ellipsis, ("out", 0), 2).barrier
+
+
 def test_retarget_rewrites_a_reshape_target_and_a_depthwise_group():
     from irtool.ir.ops.channels import REMOVED_META
 
@@ -197,3 +238,26 @@ def test_retarget_rewrites_a_reshape_target_and_a_depthwise_group():
     conv.inputs[0].type = conv.inputs[0].type.with_shape((1, 2, 6, 6))
     lookup("Conv").retarget(conv)
     assert conv.attrs["group"] == 2
+
+
+def test_pruning_through_einsums_slices_each_weight_on_its_letter_and_is_exact():
+    from irtool.passes.base import PassManager
+    from irtool.passes.cost import graph_cost
+    from irtool.passes.oracle import check_equivalence, copy_graph
+
+    graph = Graph()
+    x = graph.add_input("x", TensorType(F32, (1, 3, 6, 6)))
+    conv = graph.add_node("Conv", [x, graph.add_constant("w0", _randn(8, 3, 3, 3))], {"pads": [1, 1, 1, 1]}, name="conv")
+    scaled = graph.add_node("Einsum", [conv.outputs[0], graph.add_constant("s", _randn(8))], {"equation": "bchw,c->bchw"}, name="scale")
+    relu = graph.add_node("Relu", [scaled.outputs[0]], name="relu")
+    mix = graph.add_node("Einsum", [graph.add_constant("w1", _randn(6, 8)), relu.outputs[0]], {"equation": "oc,bchw->bohw"}, name="mix")
+    graph.outputs = [mix.outputs[0]]
+    infer_shapes(graph)
+    before = graph_cost(graph).macs
+    pruned = PassManager("prune{sparsity=0.5},dce").run(copy_graph(graph)).graph
+    assert pruned.constants["w0"].const.shape == (4, 3, 3, 3)
+    assert pruned.constants["s"].const.shape == (4,)  # the scale is a parameter of conv's channels
+    assert pruned.constants["w1"].const.shape == (6, 4)  # mix keeps its 6 outputs (a graph output)
+    assert (before, graph_cost(pruned).macs) == (3 * 8 * 9 * 36 + 8 * 36 + 6 * 8 * 36, 3 * 4 * 9 * 36 + 4 * 36 + 6 * 4 * 36)  # conv, scale, mix
+    report = check_equivalence(graph, pruned)
+    assert report.ok and report.outputs[0].max_abs_diff <= 1e-5, report.format()
