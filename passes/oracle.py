@@ -93,10 +93,14 @@ def copy_graph(graph: Graph) -> Graph:
 
 
 def prepare(graph: Graph) -> Graph:
-    """A copy with static shapes and shape computations folded, as the prune pass needs."""
+    """A copy with static shapes and shape computations folded, as the prune pass needs: the
+    fold turns run-time shape arithmetic into constants, and shapes are inferred again through
+    it, so the oracle sees the channel groups the prune pass sees."""
     copy = graph.copy()
     infer_shapes(copy)
-    return PassManager("const-fold").run(copy).graph
+    copy = PassManager("const-fold").run(copy).graph
+    infer_shapes(copy)
+    return copy
 
 
 # -- the record --------------------------------------------------------------------------------------
