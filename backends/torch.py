@@ -1223,14 +1223,21 @@ def _torch_gru_gates(w):
     return w.reshape(3, hidden, *w.shape[1:])[[1, 0, 2]].reshape(w.shape)
 
 
+def _torch_params(w, r, bias, torch_gates, directions: int) -> list:
+    """ONNX's stacked W, R and B of a recurrent layer as torch's flat per-direction list."""
+    params = []
+    rows = w.shape[1]
+    for d in range(directions):
+        params += [torch_gates(w[d]), torch_gates(r[d])]
+        if bias is not None:
+            params += [torch_gates(bias[d, :rows]), torch_gates(bias[d, rows:])]
+    return params
+
+
 def _gru_fn(x, w, r, bias, h0, hidden: int, bidirectional: bool, layout: int):
     directions = 2 if bidirectional else 1
     batch = x.shape[0] if layout else x.shape[1]
-    params = []
-    for d in range(directions):
-        params += [_torch_gru_gates(w[d]), _torch_gru_gates(r[d])]
-        if bias is not None:
-            params += [_torch_gru_gates(bias[d, : 3 * hidden]), _torch_gru_gates(bias[d, 3 * hidden:])]
+    params = _torch_params(w, r, bias, _torch_gru_gates, directions)
     if layout and h0 is not None:
         h0 = h0.transpose(0, 1)
     h0 = x.new_zeros((directions, batch, hidden)) if h0 is None else h0
@@ -1248,11 +1255,7 @@ def _torch_gates(w):
 def _lstm_fn(x, w, r, bias, h0, c0, hidden: int, bidirectional: bool, layout: int):
     directions = 2 if bidirectional else 1
     batch = x.shape[0] if layout else x.shape[1]
-    params = []
-    for d in range(directions):
-        params += [_torch_gates(w[d]), _torch_gates(r[d])]
-        if bias is not None:
-            params += [_torch_gates(bias[d, : 4 * hidden]), _torch_gates(bias[d, 4 * hidden:])]
+    params = _torch_params(w, r, bias, _torch_gates, directions)
     state_shape = (directions, batch, hidden)
     if layout:
         h0 = None if h0 is None else h0.transpose(0, 1)

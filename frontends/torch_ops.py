@@ -922,32 +922,40 @@ def _lstm(ctx, node):
     after the ONNX ports: ``<module>.W_l0``, ``.R_l0``, ``.B_l0``.
     """
     a = _args(ctx, node)
+    states = [_zero_state(ctx, h) for h in a["hx"]]
+    return _recurrent(ctx, a, "LSTM", _onnx_gates, states, {})
+
+
+def _recurrent(ctx, a, op: str, onnx_gates, states: list, attrs: dict) -> tuple:
+    """The layers of a torch LSTM or GRU as ONNX ``op`` nodes, one per layer: (output, final
+    states). ``onnx_gates`` reorders a torch gate block into ONNX's order; ``states`` are the
+    initial states (None: zeros), sliced per layer."""
     layers, bidirectional = int(a["num_layers"]), bool(a["bidirectional"])
     if a["train"] and float(a["dropout"]) > 0:
-        raise Unsupported("LSTM with inter-layer dropout in training")
+        raise Unsupported(f"{op} with inter-layer dropout in training")
     params = [ctx.constant_array(p) for p in a["params"]]
     if any(p is None for p in params):
-        raise Unsupported("LSTM weights that are not parameters")
+        raise Unsupported(f"{op} weights that are not parameters")
     per_direction = 4 if a["has_biases"] else 2
     directions = 2 if bidirectional else 1
     if len(params) != layers * directions * per_direction:
-        raise Unsupported("LSTM with projections")
+        raise Unsupported(f"{op} with projections or an unexpected parameter list")
     hidden = params[1].shape[1]
-    initial = [_zero_state(ctx, h) for h in a["hx"]]
+    gate_rows = params[0].shape[0]
     x = ctx.tensor(a["input"])
     if a["batch_first"]:
         x = ctx.emit("Transpose", [x], {"perm": [1, 0, 2]})
-    prefix = ctx.source or "lstm"
-    finals_h, finals_c = [], []
+    prefix = ctx.source or op.lower()
+    finals: list[list] = [[] for _ in states]
     for layer in range(layers):
         chunk = params[layer * directions * per_direction:(layer + 1) * directions * per_direction]
         w, r, b = [], [], []
         for d in range(directions):
             p = chunk[d * per_direction:(d + 1) * per_direction]
-            w.append(_onnx_gates(p[0]))
-            r.append(_onnx_gates(p[1]))
-            biases = p[2:] if a["has_biases"] else [np.zeros(4 * hidden, p[0].dtype)] * 2
-            b.append(np.concatenate([_onnx_gates(biases[0]), _onnx_gates(biases[1])]))
+            w.append(onnx_gates(p[0]))
+            r.append(onnx_gates(p[1]))
+            biases = p[2:] if a["has_biases"] else [np.zeros(gate_rows, p[0].dtype)] * 2
+            b.append(np.concatenate([onnx_gates(biases[0]), onnx_gates(biases[1])]))
         inputs = [
             x,
             ctx.derived_constant(f"{prefix}.W_l{layer}", lambda: np.stack(w)),
@@ -955,21 +963,18 @@ def _lstm(ctx, node):
             ctx.derived_constant(f"{prefix}.B_l{layer}", lambda: np.stack(b)),
             None,
         ]
-        for state in initial:
-            inputs.append(None if state is None else _layer_state(ctx, state, layer, directions))
-        attrs = {"hidden_size": hidden, "direction": "bidirectional" if bidirectional else "forward"}
-        y, y_h, y_c = ctx.emit("LSTM", inputs, attrs, outputs=3)
-        finals_h.append(y_h)
-        finals_c.append(y_c)
+        inputs += [None if state is None else _layer_state(ctx, state, layer, directions) for state in states]
+        direction = "bidirectional" if bidirectional else "forward"
+        y, *last = ctx.emit(op, inputs, {"hidden_size": hidden, "direction": direction, **attrs}, outputs=1 + len(states))
+        for kept, value in zip(finals, last):
+            kept.append(value)
         # Y is [seq, directions, batch, hidden]; the next layer wants [seq, batch, directions*hidden].
         if directions == 1:
             x = ctx.emit("Squeeze", [y, ctx.ints([1])])
         else:
             x = ctx.emit("Reshape", [ctx.emit("Transpose", [y], {"perm": [0, 2, 1, 3]}), ctx.ints([0, 0, -1])])
     output = ctx.emit("Transpose", [x], {"perm": [1, 0, 2]}) if a["batch_first"] else x
-    h_n = finals_h[0] if layers == 1 else ctx.emit("Concat", finals_h, {"axis": 0})
-    c_n = finals_c[0] if layers == 1 else ctx.emit("Concat", finals_c, {"axis": 0})
-    return (output, h_n, c_n)
+    return (output, *(kept[0] if layers == 1 else ctx.emit("Concat", kept, {"axis": 0}) for kept in finals))
 
 
 def _onnx_gates(array: np.ndarray) -> np.ndarray:
@@ -1002,54 +1007,8 @@ def _gru(ctx, node):
     directions stacked) under names after the ONNX ports: ``<module>.W_l0``, ``.R_l0``, ``.B_l0``.
     """
     a = _args(ctx, node)
-    layers, bidirectional = int(a["num_layers"]), bool(a["bidirectional"])
-    if a["train"] and float(a["dropout"]) > 0:
-        raise Unsupported("GRU with inter-layer dropout in training")
-    params = [ctx.constant_array(p) for p in a["params"]]
-    if any(p is None for p in params):
-        raise Unsupported("GRU weights that are not parameters")
-    per_direction = 4 if a["has_biases"] else 2
-    directions = 2 if bidirectional else 1
-    if len(params) != layers * directions * per_direction:
-        raise Unsupported("GRU with an unexpected parameter list")
-    hidden = params[1].shape[1]
-    state = _zero_state(ctx, a["hx"])
-    x = ctx.tensor(a["input"])
-    if a["batch_first"]:
-        x = ctx.emit("Transpose", [x], {"perm": [1, 0, 2]})
-    prefix = ctx.source or "gru"
-    finals = []
-    for layer in range(layers):
-        chunk = params[layer * directions * per_direction:(layer + 1) * directions * per_direction]
-        w, r, b = [], [], []
-        for d in range(directions):
-            p = chunk[d * per_direction:(d + 1) * per_direction]
-            w.append(_onnx_gru_gates(p[0]))
-            r.append(_onnx_gru_gates(p[1]))
-            biases = p[2:] if a["has_biases"] else [np.zeros(3 * hidden, p[0].dtype)] * 2
-            b.append(np.concatenate([_onnx_gru_gates(biases[0]), _onnx_gru_gates(biases[1])]))
-        inputs = [
-            x,
-            ctx.derived_constant(f"{prefix}.W_l{layer}", lambda: np.stack(w)),
-            ctx.derived_constant(f"{prefix}.R_l{layer}", lambda: np.stack(r)),
-            ctx.derived_constant(f"{prefix}.B_l{layer}", lambda: np.stack(b)),
-            None,
-            None if state is None else _layer_state(ctx, state, layer, directions),
-        ]
-        attrs = {
-            "hidden_size": hidden,
-            "direction": "bidirectional" if bidirectional else "forward",
-            "linear_before_reset": 1,
-        }
-        y, y_h = ctx.emit("GRU", inputs, attrs, outputs=2)
-        finals.append(y_h)
-        if directions == 1:
-            x = ctx.emit("Squeeze", [y, ctx.ints([1])])
-        else:
-            x = ctx.emit("Reshape", [ctx.emit("Transpose", [y], {"perm": [0, 2, 1, 3]}), ctx.ints([0, 0, -1])])
-    output = ctx.emit("Transpose", [x], {"perm": [1, 0, 2]}) if a["batch_first"] else x
-    h_n = finals[0] if layers == 1 else ctx.emit("Concat", finals, {"axis": 0})
-    return (output, h_n)
+    states = [_zero_state(ctx, a["hx"])]
+    return _recurrent(ctx, a, "GRU", _onnx_gru_gates, states, {"linear_before_reset": 1})
 
 
 def _onnx_gru_gates(array: np.ndarray) -> np.ndarray:
