@@ -106,7 +106,10 @@ def load_module(
 
 
 def load_factory(spec: str, input_shapes: Sequence[Sequence[int]] | None) -> Graph:
-    """Lower the module built by ``package.module:factory``, fed random inputs of the given shapes.
+    """Lower the module built by ``package.module:factory``, fed example inputs of the given
+    shapes: random normal floats, or zeros for a shape whose ``dtype`` attribute (``1x16:int64``
+    on the command line) is an integer or boolean type, zero being a valid index for any
+    embedding.
 
     Like uvicorn, the current directory is importable, so ``models:build`` finds ``./models.py``.
     """
@@ -115,7 +118,14 @@ def load_factory(spec: str, input_shapes: Sequence[Sequence[int]] | None) -> Gra
         raise IrtoolError(f"a PyTorch factory needs --input-shape (model '{spec}')")
     module = build_from_factory(spec)
     generator = torch.Generator().manual_seed(0)
-    inputs = tuple(torch.randn(tuple(shape), generator=generator) for shape in input_shapes)
+
+    def example(shape):
+        dtype = getattr(torch, getattr(shape, "dtype", "float32"))
+        if dtype.is_floating_point:
+            return torch.randn(tuple(shape), generator=generator).to(dtype)
+        return torch.zeros(tuple(shape), dtype=dtype)
+
+    inputs = tuple(example(shape) for shape in input_shapes)
     graph = load_module(module, inputs)
     graph.name = spec.rpartition(":")[2] or graph.name
     return graph

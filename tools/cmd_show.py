@@ -14,7 +14,8 @@ def add_input_shape_argument(parser: argparse.ArgumentParser) -> None:
         "--input-shape",
         action="append",
         metavar="1x3x224x224",
-        help="input shape (repeat once per model input); needed for PyTorch factories",
+        help="input shape, with :int64 (or another type) after it for a non-float input such as "
+        "token ids (repeat once per model input); needed for PyTorch factories",
     )
 
 

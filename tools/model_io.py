@@ -34,14 +34,31 @@ def is_factory_spec(spec: str) -> bool:
     return ":" in spec and not os.path.exists(spec) and not spec.endswith((".onnx", ".pt2"))
 
 
-def parse_shape(text: str) -> tuple[int, ...]:
-    """``1x3x224x224`` or ``1,3,224,224`` -> (1, 3, 224, 224)."""
+class InputShape(tuple):
+    """An input's dims, with the element type a PyTorch factory's example input gets
+    (``dtype``: float32 unless the shape said otherwise, as ``1x16:int64`` does for token ids)."""
+
+    dtype: str = "float32"
+
+
+INPUT_DTYPES = ("float32", "float16", "float64", "int64", "int32", "bool")
+"""Element types ``--input-shape`` takes after a colon."""
+
+
+def parse_shape(text: str) -> InputShape:
+    """``1x3x224x224`` or ``1,3,224,224`` -> (1, 3, 224, 224); ``1x16:int64`` -> (1, 16) with
+    dtype int64."""
+    dims_text, _, dtype = text.partition(":")
     try:
-        dims = tuple(int(d) for d in text.replace(",", "x").split("x") if d)
+        dims = InputShape(int(d) for d in dims_text.replace(",", "x").split("x") if d)
     except ValueError:
-        raise IrtoolError(f"input shape '{text}' is not like 1x3x224x224") from None
+        raise IrtoolError(f"input shape '{text}' is not like 1x3x224x224 or 1x16:int64") from None
     if not dims or any(d <= 0 for d in dims):
-        raise IrtoolError(f"input shape '{text}' is not like 1x3x224x224")
+        raise IrtoolError(f"input shape '{text}' is not like 1x3x224x224 or 1x16:int64")
+    if dtype:
+        if dtype not in INPUT_DTYPES:
+            raise IrtoolError(f"input shape '{text}': element type '{dtype}' is not one of {', '.join(INPUT_DTYPES)}")
+        dims.dtype = dtype
     return dims
 
 

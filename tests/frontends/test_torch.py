@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import sys
 import textwrap
 import uuid
@@ -456,6 +457,18 @@ def factory_module(tmp_path, monkeypatch):
             @staticmethod
             def build():
                 return small()
+
+        class Tagger(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.embed, self.gru, self.head = nn.Embedding(20, 8), nn.GRU(8, 6, batch_first=True), nn.Linear(6, 3)
+
+            def forward(self, tokens):
+                return self.head(self.gru(self.embed(tokens))[0])
+
+        def tagger():
+            torch.manual_seed(0)
+            return Tagger()
     """))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))
@@ -471,6 +484,23 @@ def test_factory_is_imported_from_the_current_directory(factory_module):
     assert graph.inputs[0].type.shape == (2, 3, 12, 12)
     nested = load_factory(f"{factory_module}:Zoo.build", [(1, 3, 8, 8)])
     assert len(nested.nodes) == 6
+
+
+def test_factory_takes_token_ids_when_the_shape_says_int64(factory_module, capfd):
+    from irtool.tools.model_io import parse_shape
+
+    graph = load_factory(f"{factory_module}:tagger", [parse_shape("2x12:int64")])
+    assert graph.inputs[0].type.dtype.numpy == np.int64 and graph.inputs[0].type.shape == (2, 12)
+    tokens = np.arange(24, dtype=np.int64).reshape(2, 12) % 20
+    module = importlib.import_module(factory_module).tagger()
+    with torch.no_grad():
+        expected = module(torch.from_numpy(tokens)).numpy()
+    assert np.abs(run_onnxruntime(graph, [tokens])[0] - expected).max() < 1e-5
+    capfd.readouterr()
+    assert irtool_main(["show", f"{factory_module}:tagger", "--input-shape", "1x12:int64", "--summary-only"]) == 0
+    assert irtool_main(["show", f"{factory_module}:tagger", "--input-shape", "1x12:long"]) == 2
+    error = capfd.readouterr().err
+    assert error.count("\n") == 1 and "element type 'long' is not one of float32, float16, float64, int64, int32, bool" in error
 
 
 @pytest.mark.parametrize(
