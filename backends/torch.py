@@ -1169,22 +1169,29 @@ _ONNX_TO_TORCH_GATES = [0, 2, 3, 1]
 """ONNX packs LSTM gates i, o, f, c; torch packs i, f, g (= c), o."""
 
 
-@emits("LSTM")
-def _lstm(b: _Builder, node: Node):
+def _recurrent_direction(node: Node, activations: list[str]) -> str:
+    """The direction of an RNN node torch's recurrent layers can run (forward or bidirectional,
+    default activations, no clip, no sequence lengths), or an error naming what they cannot."""
     if node.inputs[4:5] and node.inputs[4] is not None:
-        raise IrtoolError("LSTM with sequence_lens is not supported")
-    if len(node.inputs) > 7 and node.inputs[7] is not None:
-        raise IrtoolError("LSTM with peepholes is not supported")
-    activations = attr(node, "activations", None)
-    if activations and [a.decode() if isinstance(a, bytes) else a for a in activations] not in (
-        ["Sigmoid", "Tanh", "Tanh"], ["Sigmoid", "Tanh", "Tanh"] * 2
-    ):
-        raise IrtoolError(f"LSTM activations {activations} are not supported")
-    if attr(node, "clip", None) is not None or attr(node, "input_forget", 0):
-        raise IrtoolError("LSTM with clip or input_forget is not supported")
+        raise IrtoolError(f"{node.op} with sequence_lens is not supported")
+    given = attr(node, "activations", None)
+    if given and [a.decode() if isinstance(a, bytes) else a for a in given] not in (activations, activations * 2):
+        raise IrtoolError(f"{node.op} activations {given} are not supported")
+    if attr(node, "clip", None) is not None:
+        raise IrtoolError(f"{node.op} with clip is not supported")
     direction = attr(node, "direction", "forward")
     if direction == "reverse":
-        raise IrtoolError("LSTM direction 'reverse' is not supported")
+        raise IrtoolError(f"{node.op} direction 'reverse' is not supported")
+    return direction
+
+
+@emits("LSTM")
+def _lstm(b: _Builder, node: Node):
+    if len(node.inputs) > 7 and node.inputs[7] is not None:
+        raise IrtoolError("LSTM with peepholes is not supported")
+    if attr(node, "input_forget", 0):
+        raise IrtoolError("LSTM with input_forget is not supported")
+    direction = _recurrent_direction(node, ["Sigmoid", "Tanh", "Tanh"])
     inputs = [b.input(node, i) if i < len(node.inputs) else None for i in range(7)]
     call = b.call(
         _lstm_fn, inputs[0], inputs[1], inputs[2], inputs[3], inputs[5], inputs[6],
@@ -1195,20 +1202,9 @@ def _lstm(b: _Builder, node: Node):
 
 @emits("GRU")
 def _gru(b: _Builder, node: Node):
-    if node.inputs[4:5] and node.inputs[4] is not None:
-        raise IrtoolError("GRU with sequence_lens is not supported")
-    activations = attr(node, "activations", None)
-    if activations and [a.decode() if isinstance(a, bytes) else a for a in activations] not in (
-        ["Sigmoid", "Tanh"], ["Sigmoid", "Tanh"] * 2
-    ):
-        raise IrtoolError(f"GRU activations {activations} are not supported")
-    if attr(node, "clip", None) is not None:
-        raise IrtoolError("GRU with clip is not supported")
     if not attr(node, "linear_before_reset", 0):
         raise IrtoolError("GRU with linear_before_reset=0 is not supported (torch's GRU resets after the matmul)")
-    direction = attr(node, "direction", "forward")
-    if direction == "reverse":
-        raise IrtoolError("GRU direction 'reverse' is not supported")
+    direction = _recurrent_direction(node, ["Sigmoid", "Tanh"])
     inputs = [b.input(node, i) if i < len(node.inputs) else None for i in range(6)]
     call = b.call(
         _gru_fn, inputs[0], inputs[1], inputs[2], inputs[3], inputs[5],
