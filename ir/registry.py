@@ -103,6 +103,7 @@ ShapeRule = Callable[["Node"], Sequence["TensorType | None"]]  # noqa: F821
 CostRule = Callable[["Node"], int]  # noqa: F821
 RetargetRule = Callable[["Node"], None]  # noqa: F821
 BoundRule = Callable[["Node"], "float | None"]  # noqa: F821
+IndexRule = Callable[["Node"], "tuple[int, int] | None"]  # noqa: F821
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,10 @@ class OpDef:
     """One of ``INT8_FORMS``, or empty: how onnxruntime's int8 kernels treat the op."""
     lower_bound: BoundRule | None = None
     """For clamps: the least value the output takes (None from the rule: not a constant)."""
+    indexes: IndexRule | None = None
+    """For ops that index into a tensor: (input position of the indices, how many entries they
+    may address), or None when that count is not known. Example inputs of integer type draw
+    valid indices from it (an embedding's token ids), not all zeros."""
     doc: str = ""
 
     def __post_init__(self) -> None:
@@ -237,3 +242,16 @@ def opdef_of(node) -> OpDef | None:
 def all_ops() -> list[OpDef]:
     _ensure_loaded()
     return sorted(_REGISTRY.values(), key=lambda d: d.qualified_name)
+
+
+def index_bounds(graph) -> dict:
+    """Graph input -> how many entries the ops it indexes into have (the least over its uses),
+    for integer inputs used as indices (``OpDef.indexes``)."""
+    bounds: dict = {}
+    for value in graph.inputs:
+        for node, position in value.uses:
+            opdef = opdef_of(node)
+            found = opdef.indexes(node) if opdef is not None and opdef.indexes is not None else None
+            if found is not None and found[0] == position:
+                bounds[value] = min(found[1], bounds.get(value, found[1]))
+    return bounds

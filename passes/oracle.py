@@ -22,6 +22,7 @@ import numpy as np
 
 from ..ir.core import Graph
 from ..ir.errors import IrtoolError
+from ..ir.registry import index_bounds
 from ..ir.shapes import infer_shapes
 from .base import PassManager
 from .dependency import ChannelAnalysis, SlotKey, analyze_channels
@@ -173,7 +174,9 @@ def removed_components(analysis: ChannelAnalysis, record: Record) -> np.ndarray:
 
 # -- running ------------------------------------------------------------------------------------------
 def random_inputs(graph: Graph, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Seeded inputs for every graph input; symbolic dims are 1."""
+    """Seeded inputs for every graph input; symbolic dims are 1. Indices (an embedding's token
+    ids) are drawn over the entries they address, so every input row is checked, not row 0."""
+    bounds = index_bounds(graph)
     feeds = {}
     for value in graph.inputs:
         if value.type is None or value.type.shape is None:
@@ -182,6 +185,8 @@ def random_inputs(graph: Graph, rng: np.random.Generator) -> dict[str, np.ndarra
         dtype = value.type.dtype.numpy
         if value.type.dtype.is_float:
             feeds[value.name] = rng.standard_normal(shape).astype(dtype)
+        elif value in bounds:
+            feeds[value.name] = rng.integers(0, bounds[value], shape).astype(dtype)
         else:
             feeds[value.name] = np.zeros(shape, dtype=dtype)
     return feeds

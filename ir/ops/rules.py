@@ -46,6 +46,7 @@ def define(
     weight: WeightLayout | None = None,
     int8: str = "",
     lower_bound=None,
+    indexes=None,
     doc: str = "",
 ) -> OpDef:
     """Register an op; ports are written as in the ONNX spec, space separated: ``"X W B?"``."""
@@ -61,6 +62,7 @@ def define(
             weight=weight,
             int8=int8,
             lower_bound=lower_bound,
+            indexes=indexes,
             doc=doc,
         )
     )

@@ -341,7 +341,24 @@ define(
     int8="select",
 )
 define("Slice", "data starts ends axes? steps?", "output", shape=_slice_shape, label="split", int8="select")
-define("Gather", "data indices", "output", attrs={"axis": Attr("int", 0)}, shape=_gather_shape, label="gather")
+def _gather_indexes(node):
+    """Gather's indices (input 1) address the data's entries along its axis."""
+    x = ishape(node, 0)
+    if x is None:
+        return None
+    size = x[norm_axis(node, attr(node, "axis"), len(x))]
+    return (1, int(size)) if isinstance(size, (int, np.integer)) and size > 0 else None
+
+
+define(
+    "Gather",
+    "data indices",
+    "output",
+    attrs={"axis": Attr("int", 0)},
+    shape=_gather_shape,
+    label="gather",
+    indexes=_gather_indexes,
+)
 define(
     "GatherElements",
     "data indices",

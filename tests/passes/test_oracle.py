@@ -129,3 +129,26 @@ def test_a_record_that_splits_a_group_is_refused():
     original, pruned = zoo_graph("resnet18"), zoo_graph("resnet18")
     with pytest.raises(IrtoolError, match="do not form whole channel groups"):
         check_equivalence(original, pruned, removed={"layer1.0.bn2.weight": {0: np.array([3])}, "layer1.1.bn2.bias": {0: np.array([4])}})
+
+
+def test_random_token_ids_address_every_row_of_the_embeddings_they_index():
+    import torch
+    from torch import nn
+
+    from irtool.frontends.torch import load_module
+    from irtool.ir.registry import index_bounds
+    from irtool.passes.oracle import random_inputs
+
+    class TwoTables(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.small, self.large = nn.Embedding(7, 4), nn.Embedding(50, 4)
+
+        def forward(self, tokens):
+            return self.small(tokens) + self.large(tokens)
+
+    graph = load_module(TwoTables().eval(), (torch.zeros(4, 64, dtype=torch.int64),))
+    assert list(index_bounds(graph).values()) == [7]  # the smaller table bounds the ids
+    tokens = random_inputs(graph, np.random.default_rng(0))[graph.inputs[0].name]
+    assert tokens.dtype == np.int64 and tokens.min() == 0 and tokens.max() == 6
+    assert len(np.unique(tokens)) == 7
