@@ -372,15 +372,17 @@ def gemm(node, port: Port, axis: int) -> ChannelEffect:
 def matmul(node, port: Port, axis: int) -> ChannelEffect:
     """Batch axes are shared, the contracted axis ties A's columns to B's rows.
 
-    With a constant 2-D weight on the right it is a linear layer over the last axis and isolates. Between two activations nothing isolates: q @ k^T and attn @ v
-    carry the head axis from q, k and v to the attention output, so heads go whole.
+    With a constant weight on the right that is 2-D, or 2-D behind broadcast axes of size 1 (how
+    torch.export writes some einsums), it is a linear layer over the last axis and isolates.
+    Between two activations nothing isolates: q @ k^T and attn @ v carry the head axis from q,
+    k and v to the attention output, so heads go whole.
     """
     ra, rb, r = _rank(node, ("in", 0)), _rank(node, ("in", 1)), _rank(node, ("out", 0))
     if ra is None or rb is None or r is None:
         return _unknown(node, port, axis)
     if ra < 2 or rb < 2:
         return barrier("MatMul with a vector operand")
-    weighted = node.inputs[1].is_const and rb == 2
+    weighted = node.inputs[1].is_const and all(d == 1 for d in node.inputs[1].const.shape[:-2])
     kind = port[0]
     if port == ("in", 0):
         role = {ra - 1: "k", ra - 2: "m"}.get(axis, "batch")
