@@ -242,6 +242,8 @@ _UNARY = {
     "aten.cos.default": "Cos",
     "aten.mish.default": "Mish",
     "aten.logical_not.default": "Not",
+    "aten.sign.default": "Sign",
+    "aten.round.default": "Round",  # both round half to even
 }
 
 
@@ -1249,16 +1251,6 @@ def _adaptive_max_pool(ctx, node):
 
 
 # -- more element-wise ops ---------------------------------------------------------------
-@converts("aten.sign.default")
-def _sign(ctx, node):
-    return ctx.emit("Sign", [ctx.tensor(node.args[0])])
-
-
-@converts("aten.round.default")
-def _round(ctx, node):
-    return ctx.emit("Round", [ctx.tensor(node.args[0])])  # both round half to even
-
-
 @converts("aten.trunc.default")
 def _trunc(ctx, node):
     return _truncate(ctx, ctx.tensor(node.args[0]))
