@@ -34,6 +34,7 @@ from torch import fx, nn
 
 from ..ir.core import Graph, Node, Value
 from ..ir.errors import IrtoolError
+from ..ir.ops.tensor import resized_size
 from ..ir.registry import opdef_of
 from ..ir.types import DType
 
@@ -725,7 +726,7 @@ def _resize(b: _Builder, node: Node):
         # onnxruntime floors in x scale in float32, torch in double, which can be one less
         # (5 x 1.8). Nearest picks are then taken as onnxruntime computes them; other modes
         # would need torch to resample to a size its scale does not give.
-        wanted = [int(math.floor(np.float32(d) * np.float32(f))) for d, f in zip(x.shape, scales)]
+        wanted = [resized_size(d, f) for d, f in zip(x.shape, scales)]
         if wanted != [int(math.floor(d * f)) for d, f in zip(x.shape, scales)]:
             if not mode.startswith("nearest"):
                 raise IrtoolError(f"{mode} Resize by {scales[2:]} gives a size torch does not compute")
@@ -1039,6 +1040,8 @@ def _reduce(how: str):
 
 def _reduce_fn(x, how: str, axes, keep: bool):
     dims = tuple(range(x.dim())) if axes is None else tuple(axes)
+    if how in _NORM_REDUCE:
+        return _NORM_REDUCE[how](x, dims, keep)
     if how == "prod":
         for d in sorted((a + x.dim() if a < 0 else a for a in dims), reverse=True):
             x = x.prod(dim=d, keepdim=keep)
@@ -1057,29 +1060,11 @@ _NORM_REDUCE = {
     "ReduceLogSum": lambda x, dims, keep: x.sum(dim=dims, keepdim=keep).log(),
     "ReduceLogSumExp": lambda x, dims, keep: torch.logsumexp(x, dim=dims, keepdim=keep),
 }
-"""Reductions with no one-word torch function, by what they compute."""
-
-
-def _norm_reduce(op: str):
-    def emit(b: _Builder, node: Node):
-        axes = b.array(node, 1)
-        if axes is None and "axes" in node.attrs:
-            axes = np.asarray(node.attrs["axes"])
-        if (axes is None or axes.size == 0) and attr(node, "noop_with_empty_axes", 0):
-            return b.input(node, 0)
-        axes = None if axes is None or axes.size == 0 else tuple(int(a) for a in axes.reshape(-1))
-        return b.call(_norm_reduce_fn, b.input(node, 0), op, axes, bool(attr(node, "keepdims", 1)))
-
-    return emit
-
-
-def _norm_reduce_fn(x, op: str, axes, keep: bool):
-    dims = tuple(range(x.dim())) if axes is None else axes
-    return _NORM_REDUCE[op](x, dims, keep)
+"""Reductions with no one-word torch function, by what they compute (``_reduce_fn`` runs them)."""
 
 
 for _op in _NORM_REDUCE:
-    EMITTERS[_op] = _norm_reduce(_op)
+    EMITTERS[_op] = _reduce(_op)
 
 
 @emits("CumSum")

@@ -19,6 +19,7 @@ from tvm import relax
 from tvm.relax import op as R
 
 from ..ir.core import Node
+from ..ir.ops.tensor import resized_size
 from ..ir.errors import IrtoolError
 from ..ir.registry import opdef_of
 from ..ir.types import DType
@@ -927,7 +928,7 @@ def _resize(bb, node, args):
         out = [int(s) for s in constant(node, sizes_in, "sizes")]
     elif scales_in is not None and math.prod(shape_of(scales_in)) > 0:
         scales = constant(node, scales_in, "scales")
-        out = [int(math.floor(np.float32(d) * np.float32(s))) for d, s in zip(shape, scales)]  # as onnxruntime
+        out = [resized_size(d, s) for d, s in zip(shape, scales)]
     else:
         raise fail(node, "neither scales nor sizes is given")
     if out[:2] != shape[:2]:

@@ -301,6 +301,12 @@ def _pad_shape(node):
     return [like(node, out)]
 
 
+def resized_size(size: int, scale: float) -> int:
+    """Resize's output size along an axis scaled by ``scale``, in float32 as onnxruntime
+    computes it: 5 x float32(1.8) is 9 there, 8.99999... in double."""
+    return int(math.floor(np.float32(size) * np.float32(scale)))
+
+
 def _resize_shape(node):
     x = ishape(node, 0)
     if x is None:
@@ -322,9 +328,8 @@ def _resize_shape(node):
         else:
             out = [None if i in axes else d for i, d in enumerate(x)]
     elif scales is not None and scales.size:
-        # In float32, as onnxruntime computes it: 5 x float32(1.8) is 9 there, 8.99999... in double.
-        for axis, scale in zip(axes, scales.reshape(-1).astype(np.float32)):
-            out[axis] = math.floor(np.float32(x[axis]) * scale) if is_int(x[axis]) else x[axis] if scale == 1 else None
+        for axis, scale in zip(axes, scales.reshape(-1).tolist()):
+            out[axis] = resized_size(x[axis], scale) if is_int(x[axis]) else x[axis] if scale == 1 else None
     else:
         out = [None if i in axes else d for i, d in enumerate(x)]
     return [like(node, out)]
@@ -341,6 +346,8 @@ define(
     int8="select",
 )
 define("Slice", "data starts ends axes? steps?", "output", shape=_slice_shape, label="split", int8="select")
+
+
 def _gather_indexes(node):
     """Gather's indices (input 1) address the data's entries along its axis."""
     x = ishape(node, 0)
